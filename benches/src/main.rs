@@ -1,0 +1,48 @@
+//! `metalearn-bench`: the benchmark suites behind `cargo xtask bench`.
+//!
+//! Runs on the backend chosen with `--backend` (default: the default CPU backend) and writes
+//! `report.md`, `results.json` and SVG plots under `--out` (default `target/bench`).
+
+mod sinusoid;
+
+use anyhow::Result;
+use clap::Parser;
+use metalearn_core::backend::BackendKind;
+use std::path::PathBuf;
+
+/// metalearn benchmark suites.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    /// Backend: flex (default CPU), ndarray, or wgpu (GPU; needs the `wgpu` feature).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// Short run (a smoke check, about a minute on 2 cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// Override the number of meta-training iterations.
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Number of meta-test tasks.
+    #[arg(long, default_value_t = 500)]
+    pub test_tasks: usize,
+    /// Root seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Hide the progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = args.out.join("sinusoid");
+    std::fs::create_dir_all(&dir)?;
+    let report = metalearn_core::with_backend!(args.backend, B => sinusoid::run::<B>(&args, &dir))?;
+    println!("{report}");
+    println!("report written to {}", dir.join("report.md").display());
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Episodes (a task's support and query sets) and task distributions.
+//!
+//! Task distributions produce host-side [`EpisodeData`] (plain `Vec<f32>` plus shapes), which is
+//! `Send`, cheap to move between rayon workers and independent of the backend; a learner turns it
+//! into tensors on whatever backend and autodiff level it needs with [`EpisodeData::to_episode`].
+
+use crate::{Error, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// What a task asks for; decides the loss and the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Real-valued outputs; mean squared error.
+    Regression,
+    /// `ways`-way classification; cross-entropy and accuracy.
+    Classification {
+        /// Number of classes in an episode.
+        ways: usize,
+    },
+}
+
+/// One labelled set (support or query) on the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostBatch {
+    /// Inputs, row-major, batch first.
+    pub inputs: Vec<f32>,
+    /// Shape of `inputs` (first dimension = number of examples).
+    pub input_shape: Vec<usize>,
+    /// Targets `[n, target_dim]`: regression values, or one-hot rows for classification.
+    pub targets: Vec<f32>,
+    /// Width of a target row.
+    pub target_dim: usize,
+    /// Class labels in `0..ways` for classification, `None` for regression.
+    pub labels: Option<Vec<usize>>,
+}
+
+impl HostBatch {
+    /// A regression batch; checks that the sizes agree.
+    pub fn regression(
+        inputs: Vec<f32>,
+        input_shape: Vec<usize>,
+        targets: Vec<f32>,
+        target_dim: usize,
+    ) -> Result<Self> {
+        let b = Self {
+            inputs,
+            input_shape,
+            targets,
+            target_dim,
+            labels: None,
+        };
+        b.check()?;
+        Ok(b)
+    }
+
+    /// A classification batch with labels in `0..ways` (targets become one-hot rows).
+    pub fn classification(
+        inputs: Vec<f32>,
+        input_shape: Vec<usize>,
+        labels: Vec<usize>,
+        ways: usize,
+    ) -> Result<Self> {
+        if let Some(bad) = labels.iter().find(|&&l| l >= ways) {
+            return Err(Error::ShapeMismatch(format!(
+                "label {bad} out of range for {ways} ways"
+            )));
+        }
+        let mut targets = vec![0.0; labels.len() * ways];
+        for (i, &l) in labels.iter().enumerate() {
+            targets[i * ways + l] = 1.0;
+        }
+        let b = Self {
+            inputs,
+            input_shape,
+            targets,
+            target_dim: ways,
+            labels: Some(labels),
+        };
+        b.check()?;
+        Ok(b)
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.input_shape.first().copied().unwrap_or(0)
+    }
+
+    /// `true` when the batch holds no example.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check(&self) -> Result<()> {
+        let n: usize = self.input_shape.iter().product();
+        if n != self.inputs.len() {
+            return Err(Error::ShapeMismatch(format!(
+                "inputs hold {} values but shape {:?} needs {n}",
+                self.inputs.len(),
+                self.input_shape
+            )));
+        }
+        if self.targets.len() != self.len() * self.target_dim {
+            return Err(Error::ShapeMismatch(format!(
+                "targets hold {} values, expected {} x {}",
+                self.targets.len(),
+                self.len(),
+                self.target_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tensors on backend `B`; the input rank must be `D`.
+    pub fn to_batch<B: Backend, const D: usize>(&self, device: &B::Device) -> Result<Batch<B, D>> {
+        if self.input_shape.len() != D {
+            return Err(Error::ShapeMismatch(format!(
+                "model takes rank-{D} inputs but the episode's inputs have shape {:?}",
+                self.input_shape
+            )));
+        }
+        let inputs = Tensor::<B, D>::from_data(
+            TensorData::new(self.inputs.clone(), self.input_shape.clone()),
+            device,
+        );
+        let targets = Tensor::<B, 2>::from_data(
+            TensorData::new(self.targets.clone(), [self.len(), self.target_dim]),
+            device,
+        );
+        Ok(Batch {
+            inputs,
+            targets,
+            labels: self.labels.clone(),
+        })
+    }
+}
+
+/// A task: a support set to adapt on and a query set to evaluate on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeData {
+    /// What the task asks for.
+    pub kind: TaskKind,
+    /// Examples the learner adapts on.
+    pub support: HostBatch,
+    /// Held-out examples of the same task.
+    pub query: HostBatch,
+}
+
+impl EpisodeData {
+    /// Tensors on backend `B`.
+    pub fn to_episode<B: Backend, const D: usize>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Episode<B, D>> {
+        Ok(Episode {
+            kind: self.kind,
+            support: self.support.to_batch(device)?,
+            query: self.query.to_batch(device)?,
+        })
+    }
+}
+
+/// A labelled set as tensors.
+#[derive(Debug, Clone)]
+pub struct Batch<B: Backend, const D: usize> {
+    /// `[n, ...]` inputs.
+    pub inputs: Tensor<B, D>,
+    /// `[n, target_dim]` targets (one-hot for classification).
+    pub targets: Tensor<B, 2>,
+    /// Class labels (classification only).
+    pub labels: Option<Vec<usize>>,
+}
+
+/// An episode as tensors.
+#[derive(Debug, Clone)]
+pub struct Episode<B: Backend, const D: usize> {
+    /// What the task asks for.
+    pub kind: TaskKind,
+    /// Support set.
+    pub support: Batch<B, D>,
+    /// Query set.
+    pub query: Batch<B, D>,
+}
+
+/// A distribution over tasks, sampled reproducibly from a seed.
+pub trait TaskDistribution: Send + Sync {
+    /// What every task of this distribution asks for.
+    fn kind(&self) -> TaskKind;
+    /// Sample one task; the same seed gives the same episode.
+    fn sample(&self, seed: u64) -> Result<EpisodeData>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(HostBatch::regression(vec![0.0; 3], vec![2, 1], vec![0.0; 2], 1).is_err());
+        assert!(HostBatch::classification(vec![0.0; 2], vec![2, 1], vec![0, 5], 2).is_err());
+        let b = HostBatch::classification(vec![0.0; 2], vec![2, 1], vec![1, 0], 2).unwrap();
+        assert_eq!(b.targets, vec![0.0, 1.0, 1.0, 0.0]);
+        let r = b.to_batch::<crate::backend::NdArrayCpu, 4>(&Default::default());
+        assert!(matches!(r, Err(Error::ShapeMismatch(_))));
+    }
+}

@@ -1,0 +1,75 @@
+//! Typed errors shared by every metalearn crate.
+
+use thiserror::Error;
+
+/// Errors raised by metalearn-core and wrapped by the other crates.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A configuration field holds a value outside its valid range.
+    #[error("invalid config: `{field}` {reason}")]
+    InvalidConfig {
+        /// Name of the offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request for data that the source cannot satisfy (e.g. more ways than classes).
+    #[error("cannot sample episode: {0}")]
+    Unsatisfiable(String),
+    /// Tensor or module shapes do not agree.
+    #[error("shape mismatch: {0}")]
+    ShapeMismatch(String),
+    /// A list that must not be empty was empty.
+    #[error("empty input: {0}")]
+    Empty(&'static str),
+    /// The training loss became NaN or infinite.
+    #[error("loss diverged at iteration {iteration}: {value}")]
+    Diverged {
+        /// Meta-iteration at which it happened.
+        iteration: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// Reading or writing a file failed.
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// (De)serialisation failed.
+    #[error("serialisation error: {0}")]
+    Serde(String),
+}
+
+/// Result alias using [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidConfig`].
+    pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Check that a float config value is finite and strictly positive.
+pub fn ensure_positive(field: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::config(field, format!("must be finite and > 0, got {value}")))
+    }
+}
+
+/// Check that a count is at least one.
+pub fn ensure_nonzero(field: &'static str, value: usize) -> Result<()> {
+    if value > 0 {
+        Ok(())
+    } else {
+        Err(Error::config(field, "must be at least 1, got 0"))
+    }
+}

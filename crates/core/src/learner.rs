@@ -1,0 +1,88 @@
+//! The learner traits: meta-train on batches of episodes, adapt to one episode's support set,
+//! evaluate on its query set.
+
+use crate::episode::{EpisodeData, TaskDistribution};
+use crate::seed::SeedStream;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// What one meta-iteration did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Iteration number (0-based).
+    pub iteration: usize,
+    /// Mean post-adaptation query loss over the meta-batch (the meta-objective).
+    pub meta_loss: f64,
+    /// Mean post-adaptation query accuracy (classification only).
+    pub meta_accuracy: Option<f64>,
+}
+
+/// Query loss (and accuracy) after a given number of adaptation steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Number of adaptation steps taken on the support set.
+    pub steps: usize,
+    /// Query loss.
+    pub loss: f64,
+    /// Query accuracy (classification only).
+    pub accuracy: Option<f64>,
+}
+
+/// Query metrics after 0, 1, …, S adaptation steps on one episode.
+pub type AdaptationCurve = Vec<StepMetrics>;
+
+/// A meta-learner over episodes whose inputs have rank `D`.
+pub trait MetaLearner<const D: usize> {
+    /// The model a successful adaptation returns.
+    type Adapted;
+
+    /// One meta-update from a meta-batch of episodes. On error (e.g. a diverging loss) the
+    /// learner's parameters are left as they were.
+    fn meta_step(&mut self, episodes: &[EpisodeData]) -> Result<StepStats>;
+
+    /// The number of episodes [`meta_train`](Self::meta_train) draws per meta-iteration.
+    fn meta_batch_size(&self) -> usize;
+
+    /// Adapt to an episode's support set with `steps` inner steps.
+    fn adapt(&self, episode: &EpisodeData, steps: usize) -> Result<Self::Adapted>;
+
+    /// Query metrics after 0..=`steps` adaptation steps on the support set.
+    fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> Result<AdaptationCurve>;
+
+    /// Meta-train for `iterations` meta-iterations on tasks drawn from `tasks`.
+    ///
+    /// The episodes of iteration `i` are drawn with seeds `seed.child(i).child(j)`, so a run is
+    /// reproducible and independent of how many threads evaluate the tasks. `on_step` sees each
+    /// iteration's statistics (progress bars, learning curves, early stopping by returning `false`).
+    fn meta_train(
+        &mut self,
+        tasks: &dyn TaskDistribution,
+        iterations: usize,
+        seed: SeedStream,
+        on_step: &mut dyn FnMut(&StepStats) -> bool,
+    ) -> Result<Vec<StepStats>> {
+        let mut history = Vec::with_capacity(iterations);
+        for i in 0..iterations {
+            let it = seed.child(i as u64);
+            let batch = (0..self.meta_batch_size())
+                .map(|j| tasks.sample(it.child(j as u64).seed()))
+                .collect::<Result<Vec<_>>>()?;
+            let mut stats = self.meta_step(&batch)?;
+            stats.iteration = i;
+            history.push(stats);
+            if !on_step(&stats) {
+                break;
+            }
+        }
+        Ok(history)
+    }
+}
+
+/// Fail with [`Error::Diverged`] when a loss is not finite.
+pub fn check_finite(iteration: usize, value: f64) -> Result<f64> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(Error::Diverged { iteration, value })
+    }
+}

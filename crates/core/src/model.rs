@@ -1,0 +1,89 @@
+//! The one trait a user's model implements to plug into every learner.
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+/// A burn module that maps a batch of inputs of rank `D` (batch first) to a matrix of outputs
+/// `[batch, outputs]` (regression values or class logits).
+///
+/// This is the whole contract: any `#[derive(Module)]` struct generic over `B: Backend` that
+/// implements it works with every learner in metalearn. For exact second-order MAML the same
+/// struct must also implement it on `Autodiff<Autodiff<B>>`, which a blanket `impl<B: Backend>`
+/// gives for free — but note burn 0.21's nested-autodiff traps (see `docs/ARCHITECTURE.md`):
+/// `nn::Linear::forward` and `nn::pool::MaxPool2d` cannot be differentiated twice; use
+/// matmul + bias and reshape-based pooling (`metalearn-zoo` shows how).
+///
+/// ```
+/// use burn::prelude::*;
+/// use metalearn_core::MetaModule;
+///
+/// #[derive(Module, Debug)]
+/// struct Affine<B: Backend> {
+///     w: burn::module::Param<Tensor<B, 2>>,
+/// }
+///
+/// impl<B: Backend> MetaModule<B, 2> for Affine<B> {
+///     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+///         x.matmul(self.w.val())
+///     }
+/// }
+/// ```
+pub trait MetaModule<B: Backend, const D: usize>: Module<B> {
+    /// Forward pass on a batch: `[batch, ...] -> [batch, outputs]`.
+    fn forward(&self, inputs: Tensor<B, D>) -> Tensor<B, 2>;
+}
+
+/// A model that can run `T` tasks at once with per-task ("fast") weights stacked along a leading
+/// task dimension — what `torch.func.vmap` gives in PyTorch. Learners use it as a fast path for
+/// small models, where one batched 3-D matmul beats `T` tiny ones.
+///
+/// `params[i]` is parameter `i` of the module (in [`Module::visit`] order), flattened and stacked
+/// over tasks: `[T, numel_i]`. `inputs` is `[T, n, features]`; the result is `[T, n, outputs]`.
+/// The module itself only supplies the architecture (shapes); its own parameter values are not
+/// used.
+pub trait TaskBatchedModule<B: Backend>: MetaModule<B, 2> {
+    /// Forward `T` tasks with stacked fast weights.
+    fn forward_tasks(&self, params: &[Tensor<B, 2>], inputs: Tensor<B, 3>) -> Tensor<B, 3>;
+}
+
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, HasAutodiffModule};
+
+/// Everything a learner needs of a user's model `M<Autodiff<B>>`: it runs on `Autodiff<B>`
+/// (meta-parameters), on `B` (cheap evaluation) and on `Autodiff<Autodiff<B>>` (exact
+/// second-order inner loops). Every `#[derive(Module)] struct M<B: Backend>` that implements
+/// [`MetaModule`] for all `B: Backend` gets this for free.
+pub trait MetaTrainable<B: Backend, const D: usize>:
+    AutodiffModule<Autodiff<B>, InnerModule: MetaModule<B, D>>
+    + MetaModule<Autodiff<B>, D>
+    + HasAutodiffModule<Autodiff<Autodiff<B>>, TrainModule: MetaModule<Autodiff<Autodiff<B>>, D>>
+{
+}
+
+impl<B: Backend, const D: usize, T> MetaTrainable<B, D> for T where
+    T: AutodiffModule<Autodiff<B>, InnerModule: MetaModule<B, D>>
+        + MetaModule<Autodiff<B>, D>
+        + HasAutodiffModule<
+            Autodiff<Autodiff<B>>,
+            TrainModule: MetaModule<Autodiff<Autodiff<B>>, D>,
+        >
+{
+}
+
+/// [`MetaTrainable`] plus the task-batched fast path on both autodiff levels.
+pub trait BatchedMetaTrainable<B: Backend>:
+    MetaTrainable<B, 2>
+    + TaskBatchedModule<Autodiff<B>>
+    + HasAutodiffModule<Autodiff<Autodiff<B>>, TrainModule: TaskBatchedModule<Autodiff<Autodiff<B>>>>
+{
+}
+
+impl<B: Backend, T> BatchedMetaTrainable<B> for T where
+    T: MetaTrainable<B, 2>
+        + TaskBatchedModule<Autodiff<B>>
+        + HasAutodiffModule<
+            Autodiff<Autodiff<B>>,
+            TrainModule: TaskBatchedModule<Autodiff<Autodiff<B>>>,
+        >
+{
+}

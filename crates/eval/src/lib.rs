@@ -1,0 +1,28 @@
+//! # metalearn-eval
+//!
+//! Evaluation and reports:
+//!
+//! - [`meta_test`]: adapt a learner to fresh tasks and summarise the query loss/accuracy after
+//!   0, 1, …, S adaptation steps (the *steps curve*), each with mean, standard deviation and 95%
+//!   confidence interval.
+//! - [`plot`]: SVG plots of steps curves and learning curves.
+//! - JSON output through serde for every result type.
+//!
+//! ```
+//! use metalearn_eval::StepsCurve;
+//! use metalearn_core::learner::StepMetrics;
+//! let curves = vec![
+//!     vec![StepMetrics { steps: 0, loss: 2.0, accuracy: None }, StepMetrics { steps: 1, loss: 1.0, accuracy: None }],
+//!     vec![StepMetrics { steps: 0, loss: 4.0, accuracy: None }, StepMetrics { steps: 1, loss: 3.0, accuracy: None }],
+//! ];
+//! let s = StepsCurve::from_curves(&curves).unwrap();
+//! assert_eq!(s.points[1].loss.mean, 2.0);
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+pub mod plot;
+mod steps;
+
+pub use error::{Error, Result};
+pub use steps::{meta_test, StepsCurve, StepsPoint};

@@ -1,0 +1,78 @@
+//! Meta-testing on fresh tasks: the steps curve.
+
+use crate::Result;
+use metalearn_core::learner::{AdaptationCurve, MetaLearner};
+use metalearn_core::stats::Summary;
+use metalearn_core::{Error, SeedStream, TaskDistribution};
+use serde::{Deserialize, Serialize};
+
+/// Summary of the query metrics after a number of adaptation steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepsPoint {
+    /// Adaptation steps.
+    pub steps: usize,
+    /// Query loss over tasks.
+    pub loss: Summary,
+    /// Query accuracy over tasks (classification only).
+    pub accuracy: Option<Summary>,
+}
+
+/// Query metrics after 0, 1, …, S adaptation steps, summarised over tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepsCurve {
+    /// One point per number of steps, in increasing order.
+    pub points: Vec<StepsPoint>,
+}
+
+impl StepsCurve {
+    /// Summarise per-task adaptation curves (all of the same length).
+    pub fn from_curves(curves: &[AdaptationCurve]) -> Result<Self> {
+        let first = curves.first().ok_or(Error::Empty("adaptation curves"))?;
+        if curves.iter().any(|c| c.len() != first.len()) {
+            return Err(Error::ShapeMismatch("adaptation curves of different lengths".into()).into());
+        }
+        let points = (0..first.len())
+            .map(|i| {
+                let losses: Vec<f64> = curves.iter().map(|c| c[i].loss).collect();
+                let accs: Vec<f64> = curves.iter().filter_map(|c| c[i].accuracy).collect();
+                StepsPoint {
+                    steps: first[i].steps,
+                    loss: Summary::of(&losses).unwrap_or(Summary {
+                        n: 0,
+                        mean: f64::NAN,
+                        std: 0.0,
+                        ci95: 0.0,
+                    }),
+                    accuracy: Summary::of(&accs),
+                }
+            })
+            .collect();
+        Ok(Self { points })
+    }
+
+    /// The point after `steps` adaptation steps.
+    pub fn at(&self, steps: usize) -> Option<&StepsPoint> {
+        self.points.iter().find(|p| p.steps == steps)
+    }
+}
+
+/// Adapt `learner` to `n_tasks` fresh tasks drawn from `tasks` with seeds
+/// `seed.child(0..n_tasks)` and summarise the query metrics after 0..=`max_steps` steps.
+pub fn meta_test<L: MetaLearner<D>, const D: usize>(
+    learner: &L,
+    tasks: &dyn TaskDistribution,
+    n_tasks: usize,
+    max_steps: usize,
+    seed: SeedStream,
+) -> Result<StepsCurve> {
+    if n_tasks == 0 {
+        return Err(Error::config("n_tasks", "must be at least 1").into());
+    }
+    let curves = (0..n_tasks)
+        .map(|i| {
+            let ep = tasks.sample(seed.child(i as u64).seed())?;
+            learner.adaptation_curve(&ep, max_steps)
+        })
+        .collect::<metalearn_core::Result<Vec<_>>>()?;
+    StepsCurve::from_curves(&curves)
+}

@@ -1,0 +1,27 @@
+//! # metalearn-tasks
+//!
+//! Task distributions and episode samplers:
+//!
+//! - [`Sinusoid`]: the sinusoid regression family of Finn et al. (2017).
+//! - [`NWayKShot`]: N-way K-shot classification episodes over any [`ClassDataset`]
+//!   (an in-memory one is [`InMemoryClasses`]).
+//!
+//! Every sampler is a [`TaskDistribution`](metalearn_core::TaskDistribution): the same seed gives the
+//! same episode, on every platform.
+//!
+//! ```
+//! use metalearn_core::TaskDistribution;
+//! use metalearn_tasks::{Sinusoid, SinusoidConfig};
+//!
+//! let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
+//! let ep = tasks.sample(42).unwrap();
+//! assert_eq!(ep.support.input_shape, vec![10, 1]);
+//! assert_eq!(ep, tasks.sample(42).unwrap());
+//! ```
+#![warn(missing_docs)]
+
+mod classes;
+mod sinusoid;
+
+pub use classes::{ClassDataset, InMemoryClasses, NWayKShot, NWayKShotConfig};
+pub use sinusoid::{Sinusoid, SinusoidConfig, SinusoidTask};

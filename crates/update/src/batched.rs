@@ -1,0 +1,164 @@
+//! Task-batched MAML: the whole meta-batch as one stacked computation.
+//!
+//! The fast weights of the `T` tasks are stacked along a leading task dimension (`[T, numel]` per
+//! parameter) and the model runs them with batched 3-D matmuls
+//! ([`TaskBatchedModule`](metalearn_core::model::TaskBatchedModule)) — what `torch.func.vmap`
+//! does. The inner loss is the *sum* of the per-task mean losses, so its gradient with respect to
+//! task `t`'s slice is exactly task `t`'s own gradient; the meta-gradient equals the per-task
+//! path's (a test checks this).
+
+use crate::maml::{adaptation_curve, adapt_inner, same_kind, stack_batches, Maml, MamlConfig, MetaGradient, AA, AB};
+use crate::Result as UpdateResult;
+use burn::module::{AutodiffModule, HasAutodiffModule};
+use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use metalearn_core::episode::{EpisodeData, TaskKind};
+use metalearn_core::error::Result;
+use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepStats};
+use metalearn_core::loss::scalar;
+use metalearn_core::model::{BatchedMetaTrainable, TaskBatchedModule};
+use metalearn_core::params;
+
+/// MAML with the task-batched fast path; see [`Maml`] for the algorithm and hyper-parameters.
+/// Episodes of a meta-batch must have equal support and query sizes.
+#[derive(Debug)]
+pub struct BatchedMaml<B: Backend, M: BatchedMetaTrainable<B>> {
+    inner: Maml<B, M, 2>,
+}
+
+/// Sum over tasks of each task's mean loss, and the per-task losses. `out`, `y`: `[T, n, o]`.
+fn batched_loss<B: Backend>(kind: TaskKind, out: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 1> {
+    let [_, n, o] = out.dims();
+    match kind {
+        TaskKind::Regression => {
+            let d = out - y;
+            (d.clone() * d).sum().mul_scalar(1.0 / (n * o) as f64)
+        }
+        TaskKind::Classification { .. } => {
+            (log_softmax(out, 2) * y).sum().mul_scalar(-1.0 / n as f64)
+        }
+    }
+}
+
+impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
+    /// Validate `config` and wrap `model`.
+    pub fn new(config: MamlConfig, model: M, device: B::Device) -> UpdateResult<Self> {
+        Ok(Self {
+            inner: Maml::new(config, model, device)?,
+        })
+    }
+
+    /// The meta-learned model.
+    pub fn model(&self) -> &M {
+        self.inner.model()
+    }
+
+    /// The per-task learner this one wraps (shares model, optimiser and config).
+    pub fn as_maml(&self) -> &Maml<B, M, 2> {
+        &self.inner
+    }
+
+    /// The meta-gradient at the current θ, as host values in parameter visiting order.
+    pub fn meta_gradient_vec(&self, episodes: &[EpisodeData]) -> Result<Vec<f64>> {
+        let g = self.meta_gradient(episodes)?;
+        Ok(params::grads_to_vec::<AB<B>, M>(&self.inner.model, &g.grads))
+    }
+
+    fn meta_gradient(&self, episodes: &[EpisodeData]) -> Result<MetaGradient> {
+        let kind = same_kind(episodes)?;
+        let cfg = &self.inner.config;
+        let device = &self.inner.device;
+        let t = episodes.len();
+        let supports: Vec<_> = episodes.iter().map(|e| &e.support).collect();
+        let queries: Vec<_> = episodes.iter().map(|e| &e.query).collect();
+        let (sx, sxs, sy, sys) = stack_batches(&supports)?;
+        let (qx, qxs, qy, qys) = stack_batches(&queries)?;
+
+        let theta: M = params::require_grad(M::from_inner(self.inner.model.valid()));
+        let arch = <M as HasAutodiffModule<AA<B>>>::TrainModule::from_inner(theta.clone());
+        let mut phi: Vec<Tensor<AB<B>, 2>> = params::tensors(&theta)
+            .into_iter()
+            .map(|(_, p)| p.unsqueeze::<2>().repeat_dim(0, t))
+            .collect();
+
+        let s_x = Tensor::<AA<B>, 3>::from_data(TensorData::new(sx, sxs), device);
+        let s_y = Tensor::<AA<B>, 3>::from_data(TensorData::new(sy, sys), device);
+        for _ in 0..cfg.inner_steps {
+            let lifted: Vec<Tensor<AA<B>, 2>> = phi
+                .iter()
+                .map(|p| Tensor::from_inner(p.clone()).require_grad())
+                .collect();
+            let loss = batched_loss(kind, arch.forward_tasks(&lifted, s_x.clone()), s_y.clone());
+            let grads = loss.backward();
+            phi = phi
+                .into_iter()
+                .zip(&lifted)
+                .map(|(p, l)| match l.grad(&grads) {
+                    Some(g) if cfg.second_order => p - g.mul_scalar(cfg.inner_lr),
+                    Some(g) => p - g.detach().mul_scalar(cfg.inner_lr),
+                    None => p,
+                })
+                .collect();
+        }
+        let q_x = Tensor::<AB<B>, 3>::from_data(TensorData::new(qx, qxs), device);
+        let q_y = Tensor::<AB<B>, 3>::from_data(TensorData::new(qy, qys), device);
+        let out = theta.forward_tasks(&phi, q_x);
+        let loss = batched_loss(kind, out.clone(), q_y).mul_scalar(1.0 / t as f64);
+        let accuracy = match kind {
+            TaskKind::Classification { .. } => {
+                let pred = out.inner().argmax(2).into_data();
+                let pred: Vec<i64> = pred.iter::<i64>().collect();
+                let labels: Vec<usize> = queries
+                    .iter()
+                    .flat_map(|q| q.labels.clone().unwrap_or_default())
+                    .collect();
+                let hits = pred.iter().zip(&labels).filter(|(p, l)| **p == **l as i64).count();
+                Some(hits as f64 / labels.len().max(1) as f64)
+            }
+            TaskKind::Regression => None,
+        };
+        let value = scalar(loss.clone().inner());
+        Ok(MetaGradient {
+            grads: GradientsParams::from_grads(loss.backward(), &theta),
+            loss: value,
+            accuracy,
+        })
+    }
+}
+
+impl<B: Backend, M: BatchedMetaTrainable<B>> MetaLearner<2> for BatchedMaml<B, M> {
+    type Adapted = M::InnerModule;
+
+    fn meta_step(&mut self, episodes: &[EpisodeData]) -> Result<StepStats> {
+        let g = self.meta_gradient(episodes)?;
+        self.inner.apply(g)
+    }
+
+    fn meta_batch_size(&self) -> usize {
+        self.inner.config.meta_batch_size
+    }
+
+    fn adapt(&self, episode: &EpisodeData, steps: usize) -> Result<Self::Adapted> {
+        let cfg = &self.inner.config;
+        adapt_inner::<B, M, 2>(
+            self.inner.model.valid(),
+            episode,
+            steps,
+            cfg.inner_lr,
+            &self.inner.device,
+            |_, _| Ok(()),
+        )
+    }
+
+    fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> Result<AdaptationCurve> {
+        adaptation_curve::<B, M, 2>(
+            self.inner.model.valid(),
+            episode,
+            steps,
+            self.inner.config.inner_lr,
+            &self.inner.device,
+        )
+    }
+}

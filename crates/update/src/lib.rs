@@ -1,0 +1,36 @@
+//! # metalearn-update
+//!
+//! Update-type meta-learners: they learn *parameters* (an initialisation, learning rates, …) from
+//! which a model adapts to a new task in a few gradient steps.
+//!
+//! - [`Maml`]: Model-Agnostic Meta-Learning (Finn et al. 2017) with exact second-order
+//!   meta-gradients through nested autodiff, and first-order MAML as a switch.
+//! - [`BatchedMaml`]: the same algorithm for [`TaskBatchedModule`](metalearn_core::model::TaskBatchedModule)s,
+//!   running the whole meta-batch as one stacked computation (the `vmap` fast path).
+//!
+//! Meta-training a model takes about five lines:
+//!
+//! ```
+//! use metalearn_core::{backend::Cpu, MetaLearner, SeedStream};
+//! use metalearn_tasks::{Sinusoid, SinusoidConfig};
+//! use metalearn_update::{Maml, MamlConfig};
+//! use metalearn_zoo::MlpConfig;
+//! use burn::backend::Autodiff;
+//!
+//! let device = Default::default();
+//! let model = MlpConfig::new(vec![1, 40, 40, 1]).init::<Autodiff<Cpu>>(0, &device).unwrap();
+//! let mut maml = Maml::new(MamlConfig::new().with_meta_batch_size(4), model, device).unwrap();
+//! let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
+//! maml.meta_train(&tasks, 3, SeedStream::new(1), &mut |_| true).unwrap();
+//! let curve = maml.adaptation_curve(&metalearn_core::TaskDistribution::sample(&tasks, 99).unwrap(), 5).unwrap();
+//! assert_eq!(curve.len(), 6);
+//! ```
+#![warn(missing_docs)]
+
+mod batched;
+mod error;
+mod maml;
+
+pub use batched::BatchedMaml;
+pub use error::{Error, Result};
+pub use maml::{Maml, MamlConfig};

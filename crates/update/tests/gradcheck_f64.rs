@@ -1,0 +1,146 @@
+//! Exact second-order MAML meta-gradients against central finite differences, in f64.
+//!
+//! The meta-objective is F(θ) = mean_t L_query,t(φ_K,t(θ)), φ_{k+1} = φ_k − α ∇L_support,t(φ_k),
+//! φ_0 = θ, so dF/dθ = mean_t Π_k (I − α ∇²L_support,t(φ_k)) ∇L_query,t(φ_K). We compare the
+//! learner's gradient with (F(θ + h eᵢ) − F(θ − h eᵢ)) / 2h.
+//!
+//! This file is its own test binary (its own process): burn-ndarray's f32 and f64 backends share
+//! one default dtype per process, and `init_f64` must run before any tensor is created.
+
+use burn::backend::Autodiff;
+use metalearn_core::backend::{init_f64, NdArrayF64 as B};
+use metalearn_core::episode::EpisodeData;
+use metalearn_core::{params, MetaTrainable, SeedStream, TaskDistribution};
+use metalearn_tasks::{InMemoryClasses, NWayKShot, NWayKShotConfig, Sinusoid, SinusoidConfig};
+use metalearn_update::{BatchedMaml, Maml, MamlConfig};
+use metalearn_zoo::{Conv4Config, MlpConfig};
+use std::sync::{Arc, Once};
+
+static F64: Once = Once::new();
+
+fn setup() {
+    F64.call_once(|| assert!(init_f64(), "ndarray did not switch to f64"));
+}
+
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den.max(1e-300)
+}
+
+/// Central differences of the meta-objective on the coordinates `coords`.
+fn finite_differences<M: MetaTrainable<B, D>, const D: usize>(
+    maml: &Maml<B, M, D>,
+    episodes: &[EpisodeData],
+    coords: &[usize],
+) -> Vec<f64> {
+    let h = 1e-5;
+    let theta = maml.model().valid();
+    let base = params::to_vec(&theta);
+    coords
+        .iter()
+        .map(|&i| {
+            let mut p = base.clone();
+            p[i] = base[i] + h;
+            let fp = maml
+                .meta_objective(&params::from_vec(theta.clone(), &p).unwrap(), episodes)
+                .unwrap();
+            p[i] = base[i] - h;
+            let fm = maml
+                .meta_objective(&params::from_vec(theta.clone(), &p).unwrap(), episodes)
+                .unwrap();
+            (fp - fm) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn sinusoid_batch(n: usize, k: usize) -> Vec<EpisodeData> {
+    let tasks = Sinusoid::new(SinusoidConfig::new(k, k)).unwrap();
+    (0..n)
+        .map(|j| tasks.sample(SeedStream::new(11).child(j as u64).seed()).unwrap())
+        .collect()
+}
+
+fn check_mlp(steps: usize) {
+    setup();
+    let device = Default::default();
+    let model = MlpConfig::new(vec![1, 8, 8, 1])
+        .init::<Autodiff<B>>(3, &device)
+        .unwrap();
+    let episodes = sinusoid_batch(3, 5);
+    let cfg = MamlConfig::new().with_inner_steps(steps).with_inner_lr(0.05);
+    let so = Maml::new(cfg.clone(), model.clone(), device).unwrap();
+    let g = so.meta_gradient_vec(&episodes).unwrap();
+    let coords: Vec<usize> = (0..g.len()).collect();
+    let fd = finite_differences(&so, &episodes, &coords);
+    let e = rel_err(&g, &fd);
+    assert!(e < 1e-6, "MLP, {steps} inner steps: relative error {e:e}");
+
+    // The task-batched fast path gives the same meta-gradient.
+    let batched = BatchedMaml::new(cfg.clone(), model.clone(), device).unwrap();
+    let gb = batched.meta_gradient_vec(&episodes).unwrap();
+    let eb = rel_err(&gb, &g);
+    assert!(eb < 1e-9, "batched vs per-task: relative error {eb:e}");
+
+    // First order drops the Hessian terms and so differs measurably (both paths).
+    let fo = Maml::new(cfg.clone().with_second_order(false), model.clone(), device).unwrap();
+    let gf = fo.meta_gradient_vec(&episodes).unwrap();
+    let ef = rel_err(&gf, &g);
+    assert!(ef > 1e-3, "first order should differ from second order, got {ef:e}");
+    let fob = BatchedMaml::new(cfg.with_second_order(false), model, device).unwrap();
+    let gfb = fob.meta_gradient_vec(&episodes).unwrap();
+    assert!(rel_err(&gfb, &gf) < 1e-9, "batched first order differs from per-task");
+}
+
+#[test]
+fn mlp_second_order_one_step_matches_finite_differences() {
+    check_mlp(1);
+}
+
+#[test]
+fn mlp_second_order_three_steps_matches_finite_differences() {
+    check_mlp(3);
+}
+
+fn check_conv(steps: usize) {
+    setup();
+    let device = Default::default();
+    // Conv4's architecture (4 × conv-BN-ReLU-pool + head) at a size finite differences can afford.
+    let model = Conv4Config::new(3)
+        .with_filters(4)
+        .with_input_size(16)
+        .init::<Autodiff<B>>(5, &device)
+        .unwrap();
+    let classes: Vec<Vec<f32>> = (0..4)
+        .map(|c| {
+            (0..4 * 256)
+                .map(|i| (((c * 7919 + i * 104_729) % 1000) as f32 / 1000.0) - 0.5)
+                .collect()
+        })
+        .collect();
+    let ds = Arc::new(InMemoryClasses::new(vec![1, 16, 16], classes).unwrap());
+    let sampler = NWayKShot::new(ds, NWayKShotConfig::new(3, 2, 2)).unwrap();
+    let episodes: Vec<_> = (0..2).map(|s| sampler.sample(s).unwrap()).collect();
+    let cfg = MamlConfig::new().with_inner_steps(steps).with_inner_lr(0.1);
+    let so = Maml::new(cfg.clone(), model.clone(), device).unwrap();
+    let g = so.meta_gradient_vec(&episodes).unwrap();
+    // Every 7th coordinate: covers every layer (conv, BN, head) at a third of the cost.
+    let coords: Vec<usize> = (0..g.len()).step_by(7).collect();
+    let fd = finite_differences(&so, &episodes, &coords);
+    let gs: Vec<f64> = coords.iter().map(|&i| g[i]).collect();
+    let e = rel_err(&gs, &fd);
+    assert!(e < 1e-6, "conv net, {steps} inner steps: relative error {e:e}");
+    let fo = Maml::new(cfg.with_second_order(false), model, device).unwrap();
+    let gf = fo.meta_gradient_vec(&episodes).unwrap();
+    assert!(rel_err(&gf, &g) > 1e-3);
+}
+
+#[test]
+fn conv_second_order_one_step_matches_finite_differences() {
+    check_conv(1);
+}
+
+#[test]
+fn conv_second_order_three_steps_matches_finite_differences() {
+    check_conv(3);
+}

@@ -1,0 +1,150 @@
+//! Conv4: the standard few-shot backbone.
+
+use crate::layers::{max_pool2x2, BatchNorm2d, Conv2d, Dense};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{activation::relu, backend::Backend, Tensor};
+use metalearn_core::error::{ensure_nonzero, Error};
+use metalearn_core::model::MetaModule;
+use metalearn_core::seed::rng;
+
+/// Conv4 configuration (Vinyals et al. 2016; Finn et al. 2017).
+///
+/// | field | default | meaning | valid |
+/// |---|---|---|---|
+/// | `ways` | — | output classes | ≥ 1 |
+/// | `in_channels` | 1 | image channels (Omniglot 1, mini-ImageNet 3) | ≥ 1 |
+/// | `input_size` | 28 | image height = width | ≥ 2^blocks |
+/// | `filters` | 64 | filters per conv block | ≥ 1 |
+/// | `blocks` | 4 | conv blocks | ≥ 1 |
+/// | `kernel` | 3 | conv kernel size (odd) | odd ≥ 1 |
+#[derive(Config, Debug)]
+pub struct Conv4Config {
+    /// Output classes.
+    pub ways: usize,
+    /// Image channels.
+    #[config(default = 1)]
+    pub in_channels: usize,
+    /// Image height = width.
+    #[config(default = 28)]
+    pub input_size: usize,
+    /// Filters per block.
+    #[config(default = 64)]
+    pub filters: usize,
+    /// Number of conv blocks.
+    #[config(default = 4)]
+    pub blocks: usize,
+    /// Kernel size.
+    #[config(default = 3)]
+    pub kernel: usize,
+}
+
+impl Conv4Config {
+    /// Check every field.
+    pub fn validate(&self) -> metalearn_core::Result<()> {
+        ensure_nonzero("ways", self.ways)?;
+        ensure_nonzero("in_channels", self.in_channels)?;
+        ensure_nonzero("filters", self.filters)?;
+        ensure_nonzero("blocks", self.blocks)?;
+        if self.kernel % 2 == 0 {
+            return Err(Error::config("kernel", "must be odd"));
+        }
+        if self.feature_size() == 0 {
+            return Err(Error::config(
+                "input_size",
+                format!(
+                    "{} is too small for {} pooling blocks",
+                    self.input_size, self.blocks
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Spatial size after the conv blocks.
+    pub fn feature_size(&self) -> usize {
+        (0..self.blocks).fold(self.input_size, |s, _| s / 2)
+    }
+
+    /// Length of the flattened embedding fed to the head.
+    pub fn embedding_dim(&self) -> usize {
+        let s = self.feature_size();
+        self.filters * s * s
+    }
+
+    /// Build the network with weights drawn from `seed`.
+    pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> metalearn_core::Result<Conv4<B>> {
+        self.validate()?;
+        let mut r = rng(seed);
+        let mut convs = Vec::new();
+        let mut norms = Vec::new();
+        for b in 0..self.blocks {
+            let c_in = if b == 0 { self.in_channels } else { self.filters };
+            convs.push(Conv2d::new(&mut r, c_in, self.filters, self.kernel, device));
+            norms.push(BatchNorm2d::new(self.filters, device));
+        }
+        let head = Dense::new(&mut r, self.embedding_dim(), self.ways, device);
+        Ok(Conv4 { convs, norms, head })
+    }
+}
+
+/// Conv blocks (conv → batch norm → ReLU → 2×2 max-pool) and a linear head.
+#[derive(Module, Debug)]
+pub struct Conv4<B: Backend> {
+    /// Convolutions, one per block.
+    pub convs: Vec<Conv2d<B>>,
+    /// Batch norms, one per block.
+    pub norms: Vec<BatchNorm2d<B>>,
+    /// Linear classifier on the flattened features.
+    pub head: Dense<B>,
+}
+
+impl<B: Backend> Conv4<B> {
+    /// The flattened embedding `[n, embedding_dim]` (body output).
+    pub fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut h = x;
+        for (conv, norm) in self.convs.iter().zip(&self.norms) {
+            h = max_pool2x2(relu(norm.forward(conv.forward(h))));
+        }
+        let n = h.dims()[0];
+        h.reshape([n as i32, -1])
+    }
+}
+
+impl<B: Backend> MetaModule<B, 4> for Conv4<B> {
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.head.forward(self.embed(x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalearn_core::backend::NdArrayCpu as B;
+
+    #[test]
+    fn shapes_and_params() {
+        let d = Default::default();
+        let cfg = Conv4Config::new(5);
+        let m = cfg.init::<B>(0, &d).unwrap();
+        let y = m.forward(Tensor::zeros([2, 1, 28, 28], &d));
+        assert_eq!(y.dims(), [2, 5]);
+        // 4 convs + 4 BN (γ, β) + head
+        let convs = (9 + 1) * 64 + 3 * (64 * 9 + 1) * 64;
+        assert_eq!(m.num_params(), convs + 4 * 128 + 64 * 5 + 5);
+        assert!(Conv4Config::new(5).with_input_size(8).init::<B>(0, &d).is_err());
+        assert!(Conv4Config::new(0).init::<B>(0, &d).is_err());
+    }
+
+    #[test]
+    fn max_pool_matches_hand_values() {
+        let d = Default::default();
+        let x = Tensor::<B, 4>::from_floats(
+            [[[[1.0, 2.0, 5.0], [3.0, 4.0, 6.0], [7.0, 8.0, 9.0]]]],
+            &d,
+        );
+        let y = max_pool2x2(x);
+        assert_eq!(y.dims(), [1, 1, 1, 1]);
+        assert_eq!(y.into_data().iter::<f32>().next(), Some(4.0));
+    }
+}
