@@ -269,7 +269,8 @@ mod tests {
     fn lin(seed: u64) -> Linear<B> {
         let d = Default::default();
         <B as Backend>::seed(&d, seed);
-        LinearConfig::new(3, 2).init::<B>(&d)
+        // burn initialises parameters lazily, separately in each clone: materialise first.
+        materialize(LinearConfig::new(3, 2).init::<B>(&d))
     }
 
     #[test]
@@ -323,6 +324,21 @@ mod tests {
         assert!(weighted_average(&[a.clone(), a.clone()], &[0.0, 0.0]).is_err());
         assert!(weighted_average(&[a.clone(), a.clone()], &[1.0, -1.0]).is_err());
     }
+}
+
+/// Force lazily initialised parameters to take their values now.
+///
+/// burn initialises `Param`s lazily, and each *clone* of an uninitialised parameter initialises
+/// separately (to different random values). Call this before cloning a freshly built burn module.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
 }
 
 /// Mark every float parameter as a fresh leaf that requires gradients.
