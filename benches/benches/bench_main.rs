@@ -26,7 +26,11 @@ fn maml_iteration(c: &mut Criterion) {
     let mut group = c.benchmark_group("maml_sinusoid_meta_iteration");
     group.sample_size(20);
     for second_order in [true, false] {
-        let order = if second_order { "second_order" } else { "first_order" };
+        let order = if second_order {
+            "second_order"
+        } else {
+            "first_order"
+        };
         let config = MamlConfig::new().with_second_order(second_order);
         let model = mlp.init::<Autodiff<B>>(0, &device).expect("valid mlp");
         let mut per_task: Maml<B, Mlp<Autodiff<B>>, 2> =

@@ -133,8 +133,20 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         })?;
         pb.finish();
         let train_seconds = started.elapsed().as_secs_f64();
-        let k5 = meta_test(learner.as_maml(), &test5, test_tasks, TEST_STEPS, root.named("test5"))?;
-        let k10 = meta_test(learner.as_maml(), &test10, test_tasks, TEST_STEPS, root.named("test10"))?;
+        let k5 = meta_test(
+            learner.as_maml(),
+            &test5,
+            test_tasks,
+            TEST_STEPS,
+            root.named("test5"),
+        )?;
+        let k10 = meta_test(
+            learner.as_maml(),
+            &test10,
+            test_tasks,
+            TEST_STEPS,
+            root.named("test10"),
+        )?;
         learners.push(LearnerResult {
             name: name.to_string(),
             second_order,
@@ -151,7 +163,13 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     // Baseline: the untrained initialisation adapted the same way (what meta-learning buys).
     let init = mlp.init::<Autodiff<B>>(root.named("init").seed(), &device)?;
     let untrained: Maml<B, Mlp<Autodiff<B>>, 2> = Maml::new(base.clone(), init, device.clone())?;
-    let pretrain = meta_test(&untrained, &test5, test_tasks, TEST_STEPS, root.named("test5"))?;
+    let pretrain = meta_test(
+        &untrained,
+        &test5,
+        test_tasks,
+        TEST_STEPS,
+        root.named("test5"),
+    )?;
 
     let results = Results {
         suite: "sinusoid",
@@ -166,7 +184,10 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         learners,
         pretrain_steps_curve_k5: pretrain,
     };
-    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
     plots(&results, dir)?;
     let md = report(&results);
     std::fs::write(dir.join("report.md"), &md)?;
@@ -176,7 +197,11 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
 fn series(label: &str, c: &StepsCurve) -> Series {
     Series {
         label: label.to_string(),
-        points: c.points.iter().map(|p| (p.steps as f64, p.loss.mean)).collect(),
+        points: c
+            .points
+            .iter()
+            .map(|p| (p.steps as f64, p.loss.mean))
+            .collect(),
         errors: c.points.iter().map(|p| p.loss.ci95).collect(),
     }
 }
@@ -201,7 +226,11 @@ fn plots(r: &Results, dir: &Path) -> Result<()> {
         .iter()
         .map(|l| Series {
             label: l.name.clone(),
-            points: l.learning_curve.iter().map(|&(i, v)| (i as f64, v)).collect(),
+            points: l
+                .learning_curve
+                .iter()
+                .map(|&(i, v)| (i as f64, v))
+                .collect(),
             errors: vec![],
         })
         .collect();
@@ -239,18 +268,31 @@ fn report(r: &Results) -> String {
         r.seed
     );
     let _ = writeln!(md, "## Query MSE after adaptation\n");
-    let _ = writeln!(md, "| learner | K | 0 steps | 1 step | 5 steps | 10 steps |");
+    let _ = writeln!(
+        md,
+        "| learner | K | 0 steps | 1 step | 5 steps | 10 steps |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     let row = |md: &mut String, name: &str, k: usize, c: &StepsCurve| {
         let cell = |s: usize| c.at(s).map_or("—".into(), |p| fmt(&p.loss));
-        let _ = writeln!(md, "| {name} | {k} | {} | {} | {} | {} |", cell(0), cell(1), cell(5), cell(10));
+        let _ = writeln!(
+            md,
+            "| {name} | {k} | {} | {} | {} | {} |",
+            cell(0),
+            cell(1),
+            cell(5),
+            cell(10)
+        );
     };
     for l in &r.learners {
         row(&mut md, &l.name, 5, &l.steps_curve_k5);
         row(&mut md, &l.name, 10, &l.steps_curve_k10);
     }
     row(&mut md, "untrained init", 5, &r.pretrain_steps_curve_k5);
-    let paper: Vec<String> = PAPER_K5.iter().map(|(s, v)| format!("{v} after {s}")).collect();
+    let paper: Vec<String> = PAPER_K5
+        .iter()
+        .map(|(s, v)| format!("{v} after {s}"))
+        .collect();
     let _ = writeln!(
         md,
         "\nPublished (Finn et al. 2017, MAML, K = 5, 70,000 iterations): {}. A correct \
@@ -274,9 +316,15 @@ fn report(r: &Results) -> String {
         let _ = writeln!(
             md,
             "| {} | {:.1} s | {:.2} | {:.2} |",
-            l.name, l.train_seconds, l.median_ms_per_iteration, l.median_ms_per_iteration_per_task_path
+            l.name,
+            l.train_seconds,
+            l.median_ms_per_iteration,
+            l.median_ms_per_iteration_per_task_path
         );
     }
-    let _ = writeln!(md, "\nPlots: `steps_curve.svg`, `learning_curve.svg`; raw numbers: `results.json`.");
+    let _ = writeln!(
+        md,
+        "\nPlots: `steps_curve.svg`, `learning_curve.svg`; raw numbers: `results.json`."
+    );
     md
 }

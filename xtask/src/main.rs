@@ -38,7 +38,9 @@ fn cargo() -> Command {
 fn wants_wgpu(args: &[String]) -> bool {
     args.windows(2)
         .any(|w| w[0] == "--backend" && (w[1] == "wgpu" || w[1] == "gpu"))
-        || args.iter().any(|a| a == "--backend=wgpu" || a == "--backend=gpu")
+        || args
+            .iter()
+            .any(|a| a == "--backend=wgpu" || a == "--backend=gpu")
 }
 
 fn run(mut cmd: Command) -> Result<()> {
@@ -53,7 +55,14 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Bench { args } => {
             let mut cmd = cargo();
-            cmd.args(["run", "--release", "--package", "metalearn-benches", "--bin", "metalearn-bench"]);
+            cmd.args([
+                "run",
+                "--release",
+                "--package",
+                "metalearn-benches",
+                "--bin",
+                "metalearn-bench",
+            ]);
             if wants_wgpu(&args) {
                 cmd.args(["--features", "wgpu"]);
             }
@@ -62,7 +71,14 @@ fn main() -> Result<()> {
         }
         Cmd::Criterion { args } => {
             let mut cmd = cargo();
-            cmd.args(["bench", "--package", "metalearn-benches", "--bench", "bench_main", "--"]);
+            cmd.args([
+                "bench",
+                "--package",
+                "metalearn-benches",
+                "--bench",
+                "bench_main",
+                "--",
+            ]);
             cmd.args(&args);
             run(cmd)
         }

@@ -61,7 +61,10 @@ pub fn ensure_positive(field: &'static str, value: f64) -> Result<()> {
     if value.is_finite() && value > 0.0 {
         Ok(())
     } else {
-        Err(Error::config(field, format!("must be finite and > 0, got {value}")))
+        Err(Error::config(
+            field,
+            format!("must be finite and > 0, got {value}"),
+        ))
     }
 }
 

@@ -14,7 +14,9 @@ pub fn mse<B: Backend>(outputs: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B
 /// Cross-entropy with one-hot (or soft) targets: `−mean_i Σ_c t_ic · log softmax(o_i)_c`.
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 1> {
     let n = logits.dims()[0].max(1);
-    (log_softmax(logits, 1) * targets).sum().mul_scalar(-1.0 / n as f64)
+    (log_softmax(logits, 1) * targets)
+        .sum()
+        .mul_scalar(-1.0 / n as f64)
 }
 
 /// The loss a task of `kind` is trained with.

@@ -63,16 +63,12 @@ pub trait MetaTrainable<B: Backend, const D: usize>:
 impl<B: Backend, const D: usize, T> MetaTrainable<B, D> for T where
     T: AutodiffModule<Autodiff<B>, InnerModule: MetaModule<B, D>>
         + MetaModule<Autodiff<B>, D>
-        + HasAutodiffModule<
-            Autodiff<Autodiff<B>>,
-            TrainModule: MetaModule<Autodiff<Autodiff<B>>, D>,
-        >
+        + HasAutodiffModule<Autodiff<Autodiff<B>>, TrainModule: MetaModule<Autodiff<Autodiff<B>>, D>>
 {
 }
 
 /// [`MetaTrainable`] plus the task-batched fast path on both autodiff levels.
-pub trait BatchedMetaTrainable<B: Backend>:
-    MetaTrainable<B, 2>
+pub trait BatchedMetaTrainable<B: Backend>: MetaTrainable<B, 2>
     + TaskBatchedModule<Autodiff<B>>
     + HasAutodiffModule<Autodiff<Autodiff<B>>, TrainModule: TaskBatchedModule<Autodiff<Autodiff<B>>>>
 {

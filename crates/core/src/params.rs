@@ -133,10 +133,7 @@ pub fn map_indexed<B: Backend, M: Module<B>>(
     }
 }
 
-fn paired<B: Backend, M: Module<B>>(
-    a: &M,
-    b: &M,
-) -> Result<Vec<(Tensor<B, 1>, Tensor<B, 1>)>> {
+fn paired<B: Backend, M: Module<B>>(a: &M, b: &M) -> Result<Vec<(Tensor<B, 1>, Tensor<B, 1>)>> {
     let ta = tensors(a);
     let tb = tensors(b);
     if ta.len() != tb.len() {
@@ -170,7 +167,9 @@ pub fn axpy<B: Backend, M: Module<B>>(alpha: f64, x: &M, y: M) -> Result<M> {
 /// `a + t · (b − a)`: `t = 0` gives `a`, `t = 1` gives `b`.
 pub fn interpolate<B: Backend, M: Module<B>>(a: M, b: &M, t: f64) -> Result<M> {
     let pairs = paired(&a, b)?;
-    map_indexed(a, |i, x| Ok(x.clone() + (pairs[i].1.clone() - x).mul_scalar(t)))
+    map_indexed(a, |i, x| {
+        Ok(x.clone() + (pairs[i].1.clone() - x).mul_scalar(t))
+    })
 }
 
 /// `c · m`, parameter-wise.
@@ -260,6 +259,69 @@ pub fn relative_change<B: Backend, M: Module<B>>(a: &M, b: &M) -> Result<Vec<f64
         .collect())
 }
 
+/// Force lazily initialised parameters to take their values now.
+///
+/// burn initialises `Param`s lazily, and each *clone* of an uninitialised parameter initialises
+/// separately (to different random values). Call this before cloning a freshly built burn module.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
+
+/// Mark every float parameter as a fresh leaf that requires gradients.
+///
+/// Needed after `AutodiffModule::from_inner`: burn 0.21's derived `from_inner` restores each
+/// parameter's stored `require_grad` flag, which is `false` for parameters produced by a
+/// computation (e.g. adapted fast weights), leaving them untracked.
+pub fn require_grad<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Leaves;
+    impl<B: Backend> ModuleMapper<B> for Leaves {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            // `require_grad` panics on a non-leaf tracked tensor: detach first (a no-op on
+            // untracked tensors and on non-autodiff backends).
+            Param::from_mapped_value(id, tensor.detach().require_grad(), mapper)
+        }
+    }
+    module.map(&mut Leaves)
+}
+
+/// A gradient (by `ParamId`) as host `f64`s in the module's visiting order; parameters without a
+/// gradient contribute zeros.
+pub fn grads_to_vec<B, M>(module: &M, grads: &burn::optim::GradientsParams) -> Vec<f64>
+where
+    B: burn::tensor::backend::AutodiffBackend,
+    M: burn::module::AutodiffModule<B>,
+{
+    struct V<'a, B: burn::tensor::backend::AutodiffBackend> {
+        grads: &'a burn::optim::GradientsParams,
+        out: Vec<f64>,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for V<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let n = param.val().shape().num_elements();
+            match self.grads.get::<B::InnerBackend, D>(param.id) {
+                Some(g) => self.out.extend(g.into_data().iter::<f64>()),
+                None => self.out.extend(std::iter::repeat_n(0.0, n)),
+            }
+        }
+    }
+    let mut v = V::<B> {
+        grads,
+        out: Vec::new(),
+        _b: std::marker::PhantomData,
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,75 +381,12 @@ mod tests {
             average(&[a.clone(), other.clone()]),
             Err(Error::ShapeMismatch(_))
         ));
-        assert!(matches!(diff_norm(&a, &other), Err(Error::ShapeMismatch(_))));
+        assert!(matches!(
+            diff_norm(&a, &other),
+            Err(Error::ShapeMismatch(_))
+        ));
         assert!(matches!(average::<B, Linear<B>>(&[]), Err(Error::Empty(_))));
         assert!(weighted_average(&[a.clone(), a.clone()], &[0.0, 0.0]).is_err());
         assert!(weighted_average(&[a.clone(), a.clone()], &[1.0, -1.0]).is_err());
     }
-}
-
-/// Force lazily initialised parameters to take their values now.
-///
-/// burn initialises `Param`s lazily, and each *clone* of an uninitialised parameter initialises
-/// separately (to different random values). Call this before cloning a freshly built burn module.
-pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
-    struct Touch;
-    impl<B: Backend> ModuleVisitor<B> for Touch {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let _ = param.val();
-        }
-    }
-    module.visit(&mut Touch);
-    module
-}
-
-/// Mark every float parameter as a fresh leaf that requires gradients.
-///
-/// Needed after `AutodiffModule::from_inner`: burn 0.21's derived `from_inner` restores each
-/// parameter's stored `require_grad` flag, which is `false` for parameters produced by a
-/// computation (e.g. adapted fast weights), leaving them untracked.
-pub fn require_grad<B: Backend, M: Module<B>>(module: M) -> M {
-    struct Leaves;
-    impl<B: Backend> ModuleMapper<B> for Leaves {
-        fn map_float<const D: usize>(
-            &mut self,
-            param: Param<Tensor<B, D>>,
-        ) -> Param<Tensor<B, D>> {
-            let (id, tensor, mapper) = param.consume();
-            // `require_grad` panics on a non-leaf tracked tensor: detach first (a no-op on
-            // untracked tensors and on non-autodiff backends).
-            Param::from_mapped_value(id, tensor.detach().require_grad(), mapper)
-        }
-    }
-    module.map(&mut Leaves)
-}
-
-/// A gradient (by `ParamId`) as host `f64`s in the module's visiting order; parameters without a
-/// gradient contribute zeros.
-pub fn grads_to_vec<B, M>(module: &M, grads: &burn::optim::GradientsParams) -> Vec<f64>
-where
-    B: burn::tensor::backend::AutodiffBackend,
-    M: burn::module::AutodiffModule<B>,
-{
-    struct V<'a, B: burn::tensor::backend::AutodiffBackend> {
-        grads: &'a burn::optim::GradientsParams,
-        out: Vec<f64>,
-        _b: std::marker::PhantomData<B>,
-    }
-    impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for V<'_, B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let n = param.val().shape().num_elements();
-            match self.grads.get::<B::InnerBackend, D>(param.id) {
-                Some(g) => self.out.extend(g.into_data().iter::<f64>()),
-                None => self.out.extend(std::iter::repeat_n(0.0, n)),
-            }
-        }
-    }
-    let mut v = V::<B> {
-        grads,
-        out: Vec::new(),
-        _b: std::marker::PhantomData,
-    };
-    module.visit(&mut v);
-    v.out
 }

@@ -48,9 +48,9 @@ impl SeedStream {
 
     /// Child stream for a named purpose (e.g. `"init"`, `"train"`, `"test"`).
     pub fn named(&self, name: &str) -> Self {
-        let h = name
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         self.child(h)
     }
 

@@ -96,7 +96,10 @@ pub fn line_plot(
                     if let Some(&e) = s.errors.get(i) {
                         let lo = if log_y { (y - e).max(y * 1e-3) } else { y - e };
                         chart
-                            .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, y + e)], c)))
+                            .draw_series(std::iter::once(PathElement::new(
+                                vec![(x, lo), (x, y + e)],
+                                c,
+                            )))
                             .map_err(|e| err(&e))?;
                     }
                 }
@@ -139,10 +142,14 @@ mod tests {
             points: vec![(0.0, 3.0), (1.0, 1.0), (2.0, 0.5)],
             errors: vec![0.1, 0.1, 0.05],
         };
-        line_plot(&p, "t", "x", "y", &[s.clone()], true).unwrap();
+        line_plot(&p, "t", "x", "y", std::slice::from_ref(&s), true).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.starts_with("<svg") && text.contains("maml"));
-        let empty = Series { label: "e".into(), points: vec![], errors: vec![] };
+        let empty = Series {
+            label: "e".into(),
+            points: vec![],
+            errors: vec![],
+        };
         assert!(line_plot(&p, "t", "x", "y", &[empty], false).is_err());
     }
 }

@@ -29,7 +29,9 @@ impl StepsCurve {
     pub fn from_curves(curves: &[AdaptationCurve]) -> Result<Self> {
         let first = curves.first().ok_or(Error::Empty("adaptation curves"))?;
         if curves.iter().any(|c| c.len() != first.len()) {
-            return Err(Error::ShapeMismatch("adaptation curves of different lengths".into()).into());
+            return Err(
+                Error::ShapeMismatch("adaptation curves of different lengths".into()).into(),
+            );
         }
         let points = (0..first.len())
             .map(|i| {

@@ -59,7 +59,9 @@ impl ClassDataset for InMemoryClasses {
         self.classes.len()
     }
     fn class_len(&self, class: usize) -> usize {
-        self.classes.get(class).map_or(0, |b| b.len() / self.example_len)
+        self.classes
+            .get(class)
+            .map_or(0, |b| b.len() / self.example_len)
     }
     fn example_shape(&self) -> &[usize] {
         &self.shape

@@ -181,7 +181,10 @@ mod tests {
     fn bad_configs_are_rejected() {
         assert!(matches!(
             Sinusoid::new(SinusoidConfig::new(0, 10)),
-            Err(Error::InvalidConfig { field: "k_shot", .. })
+            Err(Error::InvalidConfig {
+                field: "k_shot",
+                ..
+            })
         ));
         assert!(Sinusoid::new(SinusoidConfig::new(5, 5).with_amplitude(3.0, 1.0)).is_err());
     }

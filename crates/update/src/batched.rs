@@ -7,7 +7,9 @@
 //! task `t`'s slice is exactly task `t`'s own gradient; the meta-gradient equals the per-task
 //! path's (a test checks this).
 
-use crate::maml::{adaptation_curve, adapt_inner, same_kind, stack_batches, Maml, MamlConfig, MetaGradient, AA, AB};
+use crate::maml::{
+    adapt_inner, adaptation_curve, same_kind, stack_batches, Maml, MamlConfig, MetaGradient, AA, AB,
+};
 use crate::Result as UpdateResult;
 use burn::module::{AutodiffModule, HasAutodiffModule};
 use burn::optim::GradientsParams;
@@ -63,7 +65,10 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
     /// The meta-gradient at the current θ, as host values in parameter visiting order.
     pub fn meta_gradient_vec(&self, episodes: &[EpisodeData]) -> Result<Vec<f64>> {
         let g = self.meta_gradient(episodes)?;
-        Ok(params::grads_to_vec::<AB<B>, M>(&self.inner.model, &g.grads))
+        Ok(params::grads_to_vec::<AB<B>, M>(
+            &self.inner.model,
+            &g.grads,
+        ))
     }
 
     fn meta_gradient(&self, episodes: &[EpisodeData]) -> Result<MetaGradient> {
@@ -114,7 +119,11 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
                     .iter()
                     .flat_map(|q| q.labels.clone().unwrap_or_default())
                     .collect();
-                let hits = pred.iter().zip(&labels).filter(|(p, l)| **p == **l as i64).count();
+                let hits = pred
+                    .iter()
+                    .zip(&labels)
+                    .filter(|(p, l)| **p == **l as i64)
+                    .count();
                 Some(hits as f64 / labels.len().max(1) as f64)
             }
             TaskKind::Regression => None,

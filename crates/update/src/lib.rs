@@ -34,3 +34,8 @@ mod maml;
 pub use batched::BatchedMaml;
 pub use error::{Error, Result};
 pub use maml::{Maml, MamlConfig};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

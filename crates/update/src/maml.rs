@@ -151,7 +151,11 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
 
     /// The meta-objective at θ = `model`: mean over `episodes` of the query loss after
     /// `inner_steps` SGD steps on the support set. Used by gradient checks.
-    pub fn meta_objective(&self, model: &M::InnerModule, episodes: &[EpisodeData]) -> metalearn_core::Result<f64> {
+    pub fn meta_objective(
+        &self,
+        model: &M::InnerModule,
+        episodes: &[EpisodeData],
+    ) -> metalearn_core::Result<f64> {
         let mut total = 0.0;
         for ep in episodes {
             let phi = adapt_inner::<B, M, D>(
@@ -174,24 +178,28 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
         Ok(params::grads_to_vec::<AB<B>, M>(&self.model, &g.grads))
     }
 
-    pub(crate) fn meta_gradient(&self, episodes: &[EpisodeData]) -> metalearn_core::Result<MetaGradient> {
+    pub(crate) fn meta_gradient(
+        &self,
+        episodes: &[EpisodeData],
+    ) -> metalearn_core::Result<MetaGradient> {
         if episodes.is_empty() {
             return Err(Error::Empty("meta-batch"));
         }
         let theta = self.model.valid();
         let jobs: Vec<_> = episodes.iter().map(|e| (theta.clone(), e)).collect();
         let (cfg, device) = (&self.config, &self.device);
-        let parts: Vec<metalearn_core::Result<(GradientsParams, f64, Option<f64>)>> = self.pool.install(|| {
-            jobs.into_par_iter()
-                .map(|(theta, ep)| {
-                    if cfg.second_order {
-                        task_gradient_second_order::<B, M, D>(theta, ep, cfg, device)
-                    } else {
-                        task_gradient_first_order::<B, M, D>(theta, ep, cfg, device)
-                    }
-                })
-                .collect()
-        });
+        let parts: Vec<metalearn_core::Result<(GradientsParams, f64, Option<f64>)>> =
+            self.pool.install(|| {
+                jobs.into_par_iter()
+                    .map(|(theta, ep)| {
+                        if cfg.second_order {
+                            task_gradient_second_order::<B, M, D>(theta, ep, cfg, device)
+                        } else {
+                            task_gradient_first_order::<B, M, D>(theta, ep, cfg, device)
+                        }
+                    })
+                    .collect()
+            });
         let mut grads = Vec::with_capacity(parts.len());
         let (mut loss, mut acc, mut n_acc) = (0.0, 0.0, 0usize);
         for p in parts {
@@ -249,7 +257,11 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
         )
     }
 
-    fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<AdaptationCurve> {
+    fn adaptation_curve(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<AdaptationCurve> {
         adaptation_curve::<B, M, D>(
             self.model.valid(),
             episode,
@@ -461,13 +473,17 @@ pub(crate) fn mean_grads<B: Backend, M: AutodiffModule<AB<B>>>(
 pub(crate) fn same_kind(episodes: &[EpisodeData]) -> metalearn_core::Result<TaskKind> {
     let kind = episodes.first().ok_or(Error::Empty("meta-batch"))?.kind;
     if episodes.iter().any(|e| e.kind != kind) {
-        return Err(Error::ShapeMismatch("episodes of different kinds in one meta-batch".into()));
+        return Err(Error::ShapeMismatch(
+            "episodes of different kinds in one meta-batch".into(),
+        ));
     }
     Ok(kind)
 }
 
 /// Stack the same-shaped batches of a meta-batch along a new task dimension.
-pub(crate) fn stack_batches(batches: &[&HostBatch]) -> metalearn_core::Result<(Vec<f32>, [usize; 3], Vec<f32>, [usize; 3])> {
+pub(crate) fn stack_batches(
+    batches: &[&HostBatch],
+) -> metalearn_core::Result<(Vec<f32>, [usize; 3], Vec<f32>, [usize; 3])> {
     let first = batches.first().ok_or(Error::Empty("meta-batch"))?;
     if first.input_shape.len() != 2 {
         return Err(Error::ShapeMismatch(format!(

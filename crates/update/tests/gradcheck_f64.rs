@@ -7,6 +7,8 @@
 //! This file is its own test binary (its own process): burn-ndarray's f32 and f64 backends share
 //! one default dtype per process, and `init_f64` must run before any tensor is created.
 
+#![allow(clippy::unwrap_used)]
+
 use burn::backend::Autodiff;
 use metalearn_core::backend::{init_f64, NdArrayF64 as B};
 use metalearn_core::episode::EpisodeData;
@@ -23,7 +25,12 @@ fn setup() {
 }
 
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     num / den.max(1e-300)
 }
@@ -57,7 +64,11 @@ fn finite_differences<M: MetaTrainable<B, D>, const D: usize>(
 fn sinusoid_batch(n: usize, k: usize) -> Vec<EpisodeData> {
     let tasks = Sinusoid::new(SinusoidConfig::new(k, k)).unwrap();
     (0..n)
-        .map(|j| tasks.sample(SeedStream::new(11).child(j as u64).seed()).unwrap())
+        .map(|j| {
+            tasks
+                .sample(SeedStream::new(11).child(j as u64).seed())
+                .unwrap()
+        })
         .collect()
 }
 
@@ -68,7 +79,9 @@ fn check_mlp(steps: usize) {
         .init::<Autodiff<B>>(3, &device)
         .unwrap();
     let episodes = sinusoid_batch(3, 5);
-    let cfg = MamlConfig::new().with_inner_steps(steps).with_inner_lr(0.05);
+    let cfg = MamlConfig::new()
+        .with_inner_steps(steps)
+        .with_inner_lr(0.05);
     let so = Maml::new(cfg.clone(), model.clone(), device).unwrap();
     let g = so.meta_gradient_vec(&episodes).unwrap();
     let coords: Vec<usize> = (0..g.len()).collect();
@@ -86,10 +99,16 @@ fn check_mlp(steps: usize) {
     let fo = Maml::new(cfg.clone().with_second_order(false), model.clone(), device).unwrap();
     let gf = fo.meta_gradient_vec(&episodes).unwrap();
     let ef = rel_err(&gf, &g);
-    assert!(ef > 1e-3, "first order should differ from second order, got {ef:e}");
+    assert!(
+        ef > 1e-3,
+        "first order should differ from second order, got {ef:e}"
+    );
     let fob = BatchedMaml::new(cfg.with_second_order(false), model, device).unwrap();
     let gfb = fob.meta_gradient_vec(&episodes).unwrap();
-    assert!(rel_err(&gfb, &gf) < 1e-9, "batched first order differs from per-task");
+    assert!(
+        rel_err(&gfb, &gf) < 1e-9,
+        "batched first order differs from per-task"
+    );
 }
 
 #[test]
@@ -130,7 +149,10 @@ fn check_conv(steps: usize) {
     let fd = finite_differences(&so, &episodes, &coords);
     let gs: Vec<f64> = coords.iter().map(|&i| g[i]).collect();
     let e = rel_err(&gs, &fd);
-    assert!(e < 1e-6, "conv net, {steps} inner steps: relative error {e:e}");
+    assert!(
+        e < 1e-6,
+        "conv net, {steps} inner steps: relative error {e:e}"
+    );
     let fo = Maml::new(cfg.with_second_order(false), model, device).unwrap();
     let gf = fo.meta_gradient_vec(&episodes).unwrap();
     assert!(rel_err(&gf, &g) > 1e-3);

@@ -1,6 +1,8 @@
 //! Learners checked by learning curves: a short seeded sinusoid run must lower the
 //! post-adaptation meta-test MSE well below its pre-training value, reproducibly.
 
+#![allow(clippy::unwrap_used)]
+
 use burn::backend::Autodiff;
 use metalearn_core::backend::Cpu as B;
 use metalearn_core::learner::MetaLearner;
@@ -108,7 +110,9 @@ fn bad_configs_are_rejected_before_training() {
     }
     // first order with zero inner steps is allowed (it is joint training on the query set)
     assert!(Maml::<B, Mlp<Autodiff<B>>, 2>::new(
-        MamlConfig::new().with_inner_steps(0).with_second_order(false),
+        MamlConfig::new()
+            .with_inner_steps(0)
+            .with_second_order(false),
         model(),
         device
     )
@@ -123,7 +127,8 @@ fn diverging_loss_is_a_typed_error_and_keeps_parameters() {
     let model = MlpConfig::new(vec![1, 40, 40, 1])
         .init::<Autodiff<B>>(0, &device)
         .unwrap();
-    let mut maml = BatchedMaml::new(MamlConfig::new().with_meta_batch_size(2), model, device).unwrap();
+    let mut maml =
+        BatchedMaml::new(MamlConfig::new().with_meta_batch_size(2), model, device).unwrap();
     let tasks = Sinusoid::new(SinusoidConfig::new(5, 5)).unwrap();
     let mut eps: Vec<_> = (0..2).map(|s| tasks.sample(s).unwrap()).collect();
     eps[0].query.targets[0] = f32::NAN;

@@ -46,7 +46,7 @@ impl Conv4Config {
         ensure_nonzero("in_channels", self.in_channels)?;
         ensure_nonzero("filters", self.filters)?;
         ensure_nonzero("blocks", self.blocks)?;
-        if self.kernel % 2 == 0 {
+        if self.kernel.is_multiple_of(2) {
             return Err(Error::config("kernel", "must be odd"));
         }
         if self.feature_size() == 0 {
@@ -73,13 +73,21 @@ impl Conv4Config {
     }
 
     /// Build the network with weights drawn from `seed`.
-    pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> metalearn_core::Result<Conv4<B>> {
+    pub fn init<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> metalearn_core::Result<Conv4<B>> {
         self.validate()?;
         let mut r = rng(seed);
         let mut convs = Vec::new();
         let mut norms = Vec::new();
         for b in 0..self.blocks {
-            let c_in = if b == 0 { self.in_channels } else { self.filters };
+            let c_in = if b == 0 {
+                self.in_channels
+            } else {
+                self.filters
+            };
             convs.push(Conv2d::new(&mut r, c_in, self.filters, self.kernel, device));
             norms.push(BatchNorm2d::new(self.filters, device));
         }
@@ -132,7 +140,10 @@ mod tests {
         // 4 convs + 4 BN (γ, β) + head
         let convs = (9 + 1) * 64 + 3 * (64 * 9 + 1) * 64;
         assert_eq!(m.num_params(), convs + 4 * 128 + 64 * 5 + 5);
-        assert!(Conv4Config::new(5).with_input_size(8).init::<B>(0, &d).is_err());
+        assert!(Conv4Config::new(5)
+            .with_input_size(8)
+            .init::<B>(0, &d)
+            .is_err());
         assert!(Conv4Config::new(0).init::<B>(0, &d).is_err());
     }
 

@@ -32,7 +32,11 @@ impl MlpConfig {
     }
 
     /// Build the network with weights drawn from `seed`.
-    pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> metalearn_core::Result<Mlp<B>> {
+    pub fn init<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> metalearn_core::Result<Mlp<B>> {
         self.validate()?;
         let mut r = rng(seed);
         let layers = self
@@ -80,7 +84,10 @@ impl<B: Backend> TaskBatchedModule<B> for Mlp<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let [d_in, d_out] = layer.weight.dims();
             let w = params[2 * i].clone().reshape([t, d_in, d_out]);
-            let b = params[2 * i + 1].clone().reshape([t, 1, d_out]).repeat_dim(1, n);
+            let b = params[2 * i + 1]
+                .clone()
+                .reshape([t, 1, d_out])
+                .repeat_dim(1, n);
             h = h.matmul(w) + b;
             if i < last {
                 h = relu(h);
