@@ -4,7 +4,7 @@
 //!
 //! - [`Sinusoid`]: the sinusoid regression family of Finn et al. (2017).
 //! - [`NWayKShot`]: N-way K-shot classification episodes over any [`ClassDataset`]
-//!   (an in-memory one is [`InMemoryClasses`]).
+//!   (an in-memory one is [`InMemoryClasses`]; real data: [`Omniglot`]).
 //!
 //! Every sampler is a [`TaskDistribution`](metalearn_core::TaskDistribution): the same seed gives the
 //! same episode, on every platform.
@@ -21,7 +21,12 @@
 #![warn(missing_docs)]
 
 mod classes;
+mod error;
+pub mod image;
+pub mod omniglot;
 mod sinusoid;
 
 pub use classes::{ClassDataset, InMemoryClasses, NWayKShot, NWayKShotConfig};
+pub use error::{Error, Result};
+pub use omniglot::{Omniglot, OmniglotClasses, OmniglotConfig};
 pub use sinusoid::{Sinusoid, SinusoidConfig, SinusoidTask};

@@ -16,6 +16,7 @@ use metalearn_core::{params, MetaTrainable, SeedStream, TaskDistribution};
 use metalearn_tasks::{InMemoryClasses, NWayKShot, NWayKShotConfig, Sinusoid, SinusoidConfig};
 use metalearn_update::{BatchedMaml, Maml, MamlConfig};
 use metalearn_zoo::{Conv4Config, MlpConfig};
+use rand::Rng;
 use std::sync::{Arc, Once};
 
 static F64: Once = Once::new();
@@ -40,8 +41,8 @@ fn finite_differences<M: MetaTrainable<B, D>, const D: usize>(
     maml: &Maml<B, M, D>,
     episodes: &[EpisodeData],
     coords: &[usize],
+    h: f64,
 ) -> Vec<f64> {
-    let h = 1e-5;
     let theta = maml.model().valid();
     let base = params::to_vec(&theta);
     coords
@@ -85,7 +86,7 @@ fn check_mlp(steps: usize) {
     let so = Maml::new(cfg.clone(), model.clone(), device).unwrap();
     let g = so.meta_gradient_vec(&episodes).unwrap();
     let coords: Vec<usize> = (0..g.len()).collect();
-    let fd = finite_differences(&so, &episodes, &coords);
+    let fd = finite_differences(&so, &episodes, &coords, 1e-5);
     let e = rel_err(&g, &fd);
     assert!(e < 1e-6, "MLP, {steps} inner steps: relative error {e:e}");
 
@@ -130,12 +131,11 @@ fn check_conv(steps: usize) {
         .with_input_size(16)
         .init::<Autodiff<B>>(5, &device)
         .unwrap();
+    // Random pixels (seeded): structured synthetic images make exact ties and dead channels
+    // common, where the loss has kinks and central differences stop being a reference.
+    let mut r = metalearn_core::seed::rng(9);
     let classes: Vec<Vec<f32>> = (0..4)
-        .map(|c| {
-            (0..4 * 256)
-                .map(|i| (((c * 7919 + i * 104_729) % 1000) as f32 / 1000.0) - 0.5)
-                .collect()
-        })
+        .map(|_| (0..4 * 256).map(|_| r.random::<f32>() - 0.5).collect())
         .collect();
     let ds = Arc::new(InMemoryClasses::new(vec![1, 16, 16], classes).unwrap());
     let sampler = NWayKShot::new(ds, NWayKShotConfig::new(3, 2, 2)).unwrap();
@@ -146,9 +146,29 @@ fn check_conv(steps: usize) {
     // Every `stride`-th coordinate: covers every layer (conv, BN, head) at a fraction of the cost.
     let stride = if steps == 1 { 7 } else { 19 };
     let coords: Vec<usize> = (0..g.len()).step_by(stride).collect();
-    let fd = finite_differences(&so, &episodes, &coords);
+    // ReLU and max-pool make the conv net's loss piecewise smooth, and batch norm over a handful
+    // of examples puts kinks within 1e-5 of θ. Take central differences at two step sizes and
+    // keep the coordinates where they agree (away from kinks); most must survive.
+    let fd_a = finite_differences(&so, &episodes, &coords, 1e-6);
+    let fd_b = finite_differences(&so, &episodes, &coords, 2.5e-7);
+    let smooth: Vec<usize> = (0..coords.len())
+        .filter(|&k| (fd_a[k] - fd_b[k]).abs() <= 1e-6 * fd_a[k].abs().max(1e-2))
+        .collect();
+    assert!(
+        smooth.len() * 10 >= coords.len() * 8,
+        "only {} of {} coordinates away from kinks",
+        smooth.len(),
+        coords.len()
+    );
+    let coords: Vec<usize> = smooth.iter().map(|&k| coords[k]).collect();
+    let fd: Vec<f64> = smooth.iter().map(|&k| fd_a[k]).collect();
     let gs: Vec<f64> = coords.iter().map(|&i| g[i]).collect();
     let e = rel_err(&gs, &fd);
+    for (k, (a, b)) in gs.iter().zip(&fd).enumerate() {
+        if (a - b).abs() > 1e-6 * b.abs().max(1e-3) {
+            eprintln!("coord {}: analytic {a:e} fd {b:e}", coords[k]);
+        }
+    }
     assert!(
         e < 1e-6,
         "conv net, {steps} inner steps: relative error {e:e}"
