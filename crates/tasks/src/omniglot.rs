@@ -310,7 +310,9 @@ fn cache_path(dir: &Path, size: usize) -> Option<PathBuf> {
         return Some(PathBuf::from(p).join(name));
     }
     let local = dir.join(".cache");
-    if std::fs::create_dir_all(&local).is_ok() {
+    // Respect a read-only data folder even when running as root (who could write anyway).
+    let read_only = std::fs::metadata(dir).is_ok_and(|m| m.permissions().readonly());
+    if !read_only && std::fs::create_dir_all(&local).is_ok() {
         let probe = local.join(".write-probe");
         if std::fs::write(&probe, b"").is_ok() {
             let _ = std::fs::remove_file(probe);
