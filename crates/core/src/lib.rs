@@ -36,5 +36,7 @@ pub mod stats;
 pub use episode::{Batch, Episode, TaskDistribution, TaskKind};
 pub use error::{Error, Result};
 pub use learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
-pub use model::{BatchedMetaTrainable, MetaModule, MetaTrainable, TaskBatchedModule};
+pub use model::{
+    BatchedMetaTrainable, EmbeddingModule, MetaModule, MetaTrainable, TaskBatchedModule,
+};
 pub use seed::SeedStream;

@@ -83,3 +83,11 @@ impl<B: Backend, T> BatchedMetaTrainable<B> for T where
         >
 {
 }
+
+/// A model with an embedding (its body): what metric-based learners (Prototypical Networks) and
+/// the fine-tuning baseline use. For a classifier, `embed` is everything before the final
+/// linear layer.
+pub trait EmbeddingModule<B: Backend, const D: usize>: Module<B> {
+    /// `[batch, ...] -> [batch, embedding_dim]`.
+    fn embed(&self, inputs: Tensor<B, D>) -> Tensor<B, 2>;
+}

@@ -7,9 +7,8 @@
 //! task `t`'s slice is exactly task `t`'s own gradient; the meta-gradient equals the per-task
 //! path's (a test checks this).
 
-use crate::maml::{
-    adapt_inner, adaptation_curve, same_kind, stack_batches, Maml, MamlConfig, MetaGradient, AA, AB,
-};
+use crate::inner::{BatchGradient, AA, AB};
+use crate::maml::{same_kind, stack_batches, Maml, MamlConfig};
 use crate::Result as UpdateResult;
 use burn::module::{AutodiffModule, HasAutodiffModule};
 use burn::optim::GradientsParams;
@@ -67,11 +66,12 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
         let g = self.meta_gradient(episodes)?;
         Ok(params::grads_to_vec::<AB<B>, M>(
             &self.inner.model,
-            &g.grads,
+            &g.theta,
         ))
     }
 
-    fn meta_gradient(&self, episodes: &[EpisodeData]) -> Result<MetaGradient> {
+    fn meta_gradient(&self, episodes: &[EpisodeData]) -> Result<BatchGradient> {
+        let sizes = self.inner.sizes();
         let kind = same_kind(episodes)?;
         let cfg = &self.inner.config;
         let device = &self.inner.device;
@@ -100,7 +100,12 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
             phi = phi
                 .into_iter()
                 .zip(&lifted)
-                .map(|(p, l)| match l.grad(&grads) {
+                .enumerate()
+                .map(|(i, (p, l))| match l.grad(&grads) {
+                    Some(g) if !sizes.adapts(i) => {
+                        let _ = g;
+                        p
+                    }
                     Some(g) if cfg.second_order => p - g.mul_scalar(cfg.inner_lr),
                     Some(g) => p - g.detach().mul_scalar(cfg.inner_lr),
                     None => p,
@@ -129,8 +134,9 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
             TaskKind::Regression => None,
         };
         let value = scalar(loss.clone().inner());
-        Ok(MetaGradient {
-            grads: GradientsParams::from_grads(loss.backward(), &theta),
+        Ok(BatchGradient {
+            theta: GradientsParams::from_grads(loss.backward(), &theta),
+            sizes: None,
             loss: value,
             accuracy,
         })
@@ -150,24 +156,10 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> MetaLearner<2> for BatchedMaml<B, M
     }
 
     fn adapt(&self, episode: &EpisodeData, steps: usize) -> Result<Self::Adapted> {
-        let cfg = &self.inner.config;
-        adapt_inner::<B, M, 2>(
-            self.inner.model.valid(),
-            episode,
-            steps,
-            cfg.inner_lr,
-            &self.inner.device,
-            |_, _| Ok(()),
-        )
+        self.inner.adapt(episode, steps)
     }
 
     fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> Result<AdaptationCurve> {
-        adaptation_curve::<B, M, 2>(
-            self.inner.model.valid(),
-            episode,
-            steps,
-            self.inner.config.inner_lr,
-            &self.inner.device,
-        )
+        self.inner.adaptation_curve(episode, steps)
     }
 }

@@ -5,6 +5,11 @@
 //!
 //! - [`Maml`]: Model-Agnostic Meta-Learning (Finn et al. 2017) with exact second-order
 //!   meta-gradients through nested autodiff, and first-order MAML as a switch.
+//! - ANIL ([`MamlConfig::anil`]): inner loop on the head only (Raghu et al. 2020).
+//! - [`MetaSgd`]: learned per-parameter inner learning rates (Li et al. 2017).
+//! - [`Reptile`]: first-order meta-learning by interpolation (Nichol et al. 2018).
+//! - [`ProtoNet`]: Prototypical Networks (Snell et al. 2017).
+//! - [`FineTune`]: pretrain + fine-tune baseline (Chen et al. 2019).
 //! - [`BatchedMaml`]: the same algorithm for [`TaskBatchedModule`](metalearn_core::model::TaskBatchedModule)s,
 //!   running the whole meta-batch as one stacked computation (the `vmap` fast path).
 //!
@@ -29,11 +34,24 @@
 
 mod batched;
 mod error;
+mod finetune;
+mod inner;
 mod maml;
+mod meta_sgd;
+mod protonet;
+mod reptile;
 
 pub use batched::BatchedMaml;
 pub use error::{Error, Result};
+pub use finetune::{FineTune, FineTuneConfig, LinearHead};
 pub use maml::{Maml, MamlConfig};
+pub use meta_sgd::MetaSgd;
+pub use protonet::{prototype_logits, prototype_logits_from, prototypes, ProtoNet, ProtoNetConfig};
+pub use reptile::{Reptile, ReptileConfig};
+
+/// ANIL (Raghu et al. 2020): [`Maml`] whose inner loop adapts only the head; build it with
+/// [`MamlConfig::anil`].
+pub type Anil<B, M, const D: usize> = Maml<B, M, D>;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

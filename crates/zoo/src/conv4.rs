@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{activation::relu, backend::Backend, Tensor};
 use metalearn_core::error::{ensure_nonzero, Error};
-use metalearn_core::model::MetaModule;
+use metalearn_core::model::{EmbeddingModule, MetaModule};
 use metalearn_core::seed::rng;
 
 /// Conv4 configuration (Vinyals et al. 2016; Finn et al. 2017).
@@ -116,6 +116,12 @@ impl<B: Backend> Conv4<B> {
         }
         let n = h.dims()[0];
         h.reshape([n as i32, -1])
+    }
+}
+
+impl<B: Backend> EmbeddingModule<B, 4> for Conv4<B> {
+    fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        Conv4::embed(self, x)
     }
 }
 

@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{activation::relu, backend::Backend, Tensor};
 use metalearn_core::error::Error;
-use metalearn_core::model::{MetaModule, TaskBatchedModule};
+use metalearn_core::model::{EmbeddingModule, MetaModule, TaskBatchedModule};
 use metalearn_core::seed::rng;
 
 /// MLP configuration.
@@ -73,6 +73,13 @@ impl<B: Backend> Mlp<B> {
 impl<B: Backend> MetaModule<B, 2> for Mlp<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.features(x, self.layers.len())
+    }
+}
+
+impl<B: Backend> EmbeddingModule<B, 2> for Mlp<B> {
+    /// The last hidden layer's activations (everything but the output layer).
+    fn embed(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.features(x, self.layers.len() - 1)
     }
 }
 

@@ -1,0 +1,239 @@
+//! The pretrain + fine-tune baseline (Chen, Liu, Kira, Wang & Huang 2019, "A Closer Look at
+//! Few-shot Classification", *Baseline*).
+//!
+//! Meta-training is ordinary supervised training of a classifier over all meta-training classes
+//! (episodes from `metalearn_tasks::ClassBatches`, labels = global class ids). At test time the
+//! body is frozen and a new linear head is trained on the support set's embeddings.
+
+use crate::inner::AB;
+use crate::Result as UpdateResult;
+use burn::config::Config;
+use burn::module::{AutodiffModule, Module, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use metalearn_core::episode::{EpisodeData, TaskKind};
+use metalearn_core::error::{ensure_positive, Error};
+use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepMetrics, StepStats};
+use metalearn_core::loss::{accuracy, cross_entropy, scalar};
+use metalearn_core::model::{EmbeddingModule, MetaModule};
+use metalearn_core::params;
+
+/// Baseline hyper-parameters.
+///
+/// | name | default | meaning | valid |
+/// |---|---|---|---|
+/// | `learning_rate` | 0.001 | Adam learning rate of pretraining | > 0 |
+/// | `head_lr` | 0.01 | Adam learning rate of the new head at test time | > 0 |
+/// | `batch_size` | 1 | `ClassBatches` episodes per pretraining update | ≥ 1 |
+#[derive(Config, Debug)]
+pub struct FineTuneConfig {
+    /// Adam learning rate of pretraining.
+    #[config(default = 1e-3)]
+    pub learning_rate: f64,
+    /// Adam learning rate of the new head.
+    #[config(default = 0.01)]
+    pub head_lr: f64,
+    /// Episodes per pretraining update.
+    #[config(default = 1)]
+    pub batch_size: usize,
+}
+
+impl FineTuneConfig {
+    /// Check every field.
+    pub fn validate(&self) -> metalearn_core::Result<()> {
+        ensure_positive("learning_rate", self.learning_rate)?;
+        ensure_positive("head_lr", self.head_lr)?;
+        metalearn_core::error::ensure_nonzero("batch_size", self.batch_size)
+    }
+}
+
+/// A linear classifier on frozen embeddings.
+#[derive(Module, Debug)]
+pub struct LinearHead<B: Backend> {
+    /// `[d, ways]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[ways]`.
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LinearHead<B> {
+    /// Zero-initialised head.
+    pub fn zeros(d: usize, ways: usize, device: &B::Device) -> Self {
+        Self {
+            weight: Param::initialized(ParamId::new(), Tensor::zeros([d, ways], device).require_grad()),
+            bias: Param::initialized(ParamId::new(), Tensor::zeros([ways], device).require_grad()),
+        }
+    }
+
+    /// Logits `[n, ways]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let n = x.dims()[0];
+        let w = self.bias.dims()[0];
+        x.matmul(self.weight.val()) + self.bias.val().reshape([1, w]).repeat_dim(0, n)
+    }
+}
+
+/// The pretrain + fine-tune baseline over a classifier that exposes its embedding.
+pub struct FineTune<B: Backend, M, const D: usize>
+where
+    M: AutodiffModule<AB<B>> + MetaModule<AB<B>, D>,
+    M::InnerModule: EmbeddingModule<B, D>,
+{
+    model: M,
+    optim: OptimizerAdaptor<Adam, M, AB<B>>,
+    config: FineTuneConfig,
+    device: B::Device,
+    iterations: usize,
+}
+
+impl<B: Backend, M, const D: usize> std::fmt::Debug for FineTune<B, M, D>
+where
+    M: AutodiffModule<AB<B>> + MetaModule<AB<B>, D>,
+    M::InnerModule: EmbeddingModule<B, D>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FineTune")
+            .field("config", &self.config)
+            .field("iterations", &self.iterations)
+            .finish()
+    }
+}
+
+impl<B: Backend, M, const D: usize> FineTune<B, M, D>
+where
+    M: AutodiffModule<AB<B>> + MetaModule<AB<B>, D>,
+    M::InnerModule: EmbeddingModule<B, D>,
+{
+    /// Validate `config` and wrap the classifier `model` (outputs = number of pretraining classes).
+    pub fn new(config: FineTuneConfig, model: M, device: B::Device) -> UpdateResult<Self> {
+        config.validate()?;
+        Ok(Self {
+            model: params::require_grad(model),
+            optim: AdamConfig::new().init(),
+            config,
+            device,
+            iterations: 0,
+        })
+    }
+
+    /// The pretrained classifier.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// Train a new head on `episode`'s support embeddings; `on_step(s, head, query_embeddings)`.
+    fn fit_head(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+        mut on_step: impl FnMut(usize, &LinearHead<AB<B>>) -> metalearn_core::Result<()>,
+    ) -> metalearn_core::Result<LinearHead<AB<B>>> {
+        let ways = match episode.kind {
+            TaskKind::Classification { ways } => ways,
+            TaskKind::Regression => {
+                return Err(Error::config("episodes", "the baseline needs classification episodes"))
+            }
+        };
+        let body = self.model.valid();
+        let s = episode.support.to_batch::<B, D>(&self.device)?;
+        let emb = Tensor::<AB<B>, 2>::from_inner(body.embed(s.inputs));
+        let targets = Tensor::<AB<B>, 2>::from_inner(s.targets);
+        let mut head = LinearHead::<AB<B>>::zeros(emb.dims()[1], ways, &self.device);
+        let mut optim = AdamConfig::new().init::<AB<B>, LinearHead<AB<B>>>();
+        on_step(0, &head)?;
+        for step in 1..=steps {
+            let loss = cross_entropy(head.forward(emb.clone()), targets.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            head = optim.step(self.config.head_lr, head, grads);
+            on_step(step, &head)?;
+        }
+        Ok(head)
+    }
+}
+
+impl<B: Backend, M, const D: usize> MetaLearner<D> for FineTune<B, M, D>
+where
+    M: AutodiffModule<AB<B>> + MetaModule<AB<B>, D>,
+    M::InnerModule: EmbeddingModule<B, D>,
+{
+    /// The frozen body and the new head.
+    type Adapted = (M::InnerModule, LinearHead<B>);
+
+    /// One supervised step on the support and query examples of each episode (global labels).
+    fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
+        let first = episodes.first().ok_or(Error::Empty("batch"))?;
+        let classes = match first.kind {
+            TaskKind::Classification { ways } => ways,
+            TaskKind::Regression => return Err(Error::config("episodes", "classification only")),
+        };
+        let mut total: Option<Tensor<AB<B>, 1>> = None;
+        let (mut acc, mut n) = (0.0, 0usize);
+        for ep in episodes {
+            for b in [&ep.support, &ep.query] {
+                let x = b.to_batch::<AB<B>, D>(&self.device)?;
+                let out = self.model.forward(x.inputs);
+                if out.dims()[1] != classes {
+                    return Err(Error::ShapeMismatch(format!(
+                        "model has {} outputs for {classes} pretraining classes",
+                        out.dims()[1]
+                    )));
+                }
+                if let Some(l) = &x.labels {
+                    acc += accuracy(out.clone().inner(), l);
+                    n += 1;
+                }
+                let loss = cross_entropy(out, x.targets);
+                total = Some(match total {
+                    Some(t) => t + loss,
+                    None => loss,
+                });
+            }
+        }
+        let loss = total
+            .ok_or(Error::Empty("batch"))?
+            .mul_scalar(1.0 / (2 * episodes.len()) as f64);
+        let value = check_finite(self.iterations, scalar(loss.clone().inner()))?;
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        self.model = self
+            .optim
+            .step(self.config.learning_rate, self.model.clone(), grads);
+        let stats = StepStats {
+            iteration: self.iterations,
+            meta_loss: value,
+            meta_accuracy: (n > 0).then(|| acc / n as f64),
+        };
+        self.iterations += 1;
+        Ok(stats)
+    }
+
+    fn meta_batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+
+    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
+        let head = self.fit_head(episode, steps, |_, _| Ok(()))?;
+        Ok((self.model.valid(), head.valid()))
+    }
+
+    fn adaptation_curve(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<AdaptationCurve> {
+        let q = episode.query.to_batch::<B, D>(&self.device)?;
+        let emb = self.model.valid().embed(q.inputs);
+        let mut curve = Vec::with_capacity(steps + 1);
+        self.fit_head(episode, steps, |s, head| {
+            let logits = head.valid().forward(emb.clone());
+            curve.push(StepMetrics {
+                steps: s,
+                loss: scalar(cross_entropy(logits.clone(), q.targets.clone())),
+                accuracy: q.labels.as_deref().map(|l| accuracy(logits, l)),
+            });
+            Ok(())
+        })?;
+        Ok(curve)
+    }
+}

@@ -1,0 +1,187 @@
+//! Meta-SGD (Li, Zhou, Chen & Li 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot
+//! Learning"): MAML whose inner step sizes are learned, one per parameter element:
+//! `φ = θ − α ⊙ ∇L_support(θ)`, with θ and α both meta-learned by Adam through the same exact
+//! second-order machinery as [`Maml`](crate::Maml).
+
+use crate::inner::{adapt_inner, adaptation_curve, combine, task_gradient, Sizes, AB};
+use crate::maml::{thread_pool, MamlConfig};
+use crate::Result as UpdateResult;
+use burn::module::{ModuleMapper, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, Optimizer};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use metalearn_core::episode::EpisodeData;
+use metalearn_core::error::{ensure_positive, Error};
+use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
+use metalearn_core::model::MetaTrainable;
+use metalearn_core::params;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Meta-SGD over any [`MetaTrainable`] model.
+///
+/// Hyper-parameters are [`MamlConfig`]'s: `inner_lr` is the initial value of every learned step
+/// size α (Li et al. draw α uniformly from [0.005, 0.1]; a constant start is the common
+/// reimplementation choice), `outer_lr` is Adam's learning rate for θ and α alike, `adapt_last`
+/// is ignored (every parameter has its own learned rate). `second_order = false` detaches the
+/// support gradients but still learns α (its gradient is first order in the Hessian).
+pub struct MetaSgd<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
+    model: M,
+    rates: M,
+    optim: OptimizerAdaptor<Adam, M, AB<B>>,
+    optim_rates: OptimizerAdaptor<Adam, M, AB<B>>,
+    config: MamlConfig,
+    device: B::Device,
+    pool: Arc<rayon::ThreadPool>,
+    iterations: usize,
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for MetaSgd<B, M, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaSgd")
+            .field("config", &self.config)
+            .field("iterations", &self.iterations)
+            .finish()
+    }
+}
+
+/// Every parameter set to `value`, each with a fresh id (so that its gradients are not confused
+/// with the model's).
+struct FreshConstant(f64);
+
+impl<Bk: Backend> ModuleMapper<Bk> for FreshConstant {
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<Bk, D>>) -> Param<Tensor<Bk, D>> {
+        let (_, t, mapper) = p.consume();
+        let t = t.detach().zeros_like().add_scalar(self.0).require_grad();
+        Param::from_mapped_value(ParamId::new(), t, mapper)
+    }
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
+    /// Validate `config` and wrap `model`; every step size starts at `config.inner_lr`.
+    pub fn new(config: MamlConfig, model: M, device: B::Device) -> UpdateResult<Self> {
+        config.validate()?;
+        ensure_positive("inner_lr", config.inner_lr)?;
+        let model = params::require_grad(model);
+        let rates = model.clone().map(&mut FreshConstant(config.inner_lr));
+        Ok(Self {
+            model,
+            rates,
+            optim: AdamConfig::new().init(),
+            optim_rates: AdamConfig::new().init(),
+            pool: thread_pool(config.threads)?,
+            config,
+            device,
+            iterations: 0,
+        })
+    }
+
+    /// The meta-learned initialisation θ.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The learned step sizes α (same architecture as the model).
+    pub fn rates(&self) -> &M {
+        &self.rates
+    }
+
+    fn sizes(&self) -> Sizes<Tensor<B, 1>> {
+        Sizes::PerElement(
+            params::tensors(&self.rates.valid())
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect(),
+        )
+    }
+
+    /// The meta-gradients (θ, α) at the current parameters, as host values in visiting order.
+    pub fn meta_gradient_vec(
+        &self,
+        episodes: &[EpisodeData],
+    ) -> metalearn_core::Result<(Vec<f64>, Vec<f64>)> {
+        let g = self.meta_gradient(episodes)?;
+        let rates = g.sizes.unwrap_or_default();
+        Ok((
+            params::grads_to_vec::<AB<B>, M>(&self.model, &g.theta),
+            params::grads_to_vec::<AB<B>, M>(&self.rates, &rates),
+        ))
+    }
+
+    fn meta_gradient(
+        &self,
+        episodes: &[EpisodeData],
+    ) -> metalearn_core::Result<crate::inner::BatchGradient> {
+        if episodes.is_empty() {
+            return Err(Error::Empty("meta-batch"));
+        }
+        let (theta, rates) = (self.model.valid(), self.rates.valid());
+        let sizes = self.sizes();
+        let jobs: Vec<_> = episodes
+            .iter()
+            .map(|e| (theta.clone(), rates.clone(), e))
+            .collect();
+        let (cfg, device) = (&self.config, &self.device);
+        let parts = self.pool.install(|| {
+            jobs.into_par_iter()
+                .map(|(theta, rates, ep)| {
+                    task_gradient::<B, M, D>(
+                        theta,
+                        Some(rates),
+                        &sizes,
+                        ep,
+                        cfg.inner_steps,
+                        cfg.second_order,
+                        device,
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        combine::<B, M>(&self.model, Some(&self.rates), parts)
+    }
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for MetaSgd<B, M, D> {
+    type Adapted = M::InnerModule;
+
+    fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
+        let g = self.meta_gradient(episodes)?;
+        check_finite(self.iterations, g.loss)?;
+        let lr = self.config.outer_lr;
+        self.model = self.optim.step(lr, self.model.clone(), g.theta);
+        if let Some(rg) = g.sizes {
+            self.rates = self.optim_rates.step(lr, self.rates.clone(), rg);
+        }
+        let stats = StepStats {
+            iteration: self.iterations,
+            meta_loss: g.loss,
+            meta_accuracy: g.accuracy,
+        };
+        self.iterations += 1;
+        Ok(stats)
+    }
+
+    fn meta_batch_size(&self) -> usize {
+        self.config.meta_batch_size
+    }
+
+    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
+        adapt_inner::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            &self.device,
+            |_, _| Ok(()),
+        )
+    }
+
+    fn adaptation_curve(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<AdaptationCurve> {
+        adaptation_curve::<B, M, D>(self.model.valid(), episode, steps, &self.sizes(), &self.device)
+    }
+}

@@ -1,0 +1,194 @@
+//! Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
+//!
+//! For each task of a meta-batch: `k` SGD steps on its support set from θ give φ; then
+//! `θ ← θ + ε · (mean φ − θ)`, with ε annealed linearly to 0 over training when asked.
+
+use crate::inner::{adapt_inner, adaptation_curve, evaluate, Sizes};
+use crate::maml::thread_pool;
+use crate::Result as UpdateResult;
+use burn::config::Config;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use metalearn_core::episode::EpisodeData;
+use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
+use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
+use metalearn_core::model::MetaTrainable;
+use metalearn_core::params;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Reptile hyper-parameters (defaults: Nichol et al.'s Omniglot settings, SGD inner loop).
+///
+/// | name | default | meaning | valid |
+/// |---|---|---|---|
+/// | `inner_lr` | 0.1 | inner SGD step size | > 0 |
+/// | `inner_steps` | 5 | inner steps `k` per task during meta-training | ≥ 1 |
+/// | `meta_batch_size` | 5 | tasks per outer step | ≥ 1 |
+/// | `epsilon` | 1.0 | outer step size ε | (0, 1] |
+/// | `anneal_to` | 0 | meta-iterations over which ε decays linearly to 0 (0: constant ε) | — |
+/// | `threads` | 0 | worker threads (0: one per core) | — |
+///
+/// Nichol et al. use Adam (β₁ = 0) with learning rate 0.001 in the inner loop; this
+/// implementation uses plain SGD in the inner loop, for which 0.1 is a good default on Omniglot.
+#[derive(Config, Debug)]
+pub struct ReptileConfig {
+    /// Inner SGD step size.
+    #[config(default = 0.1)]
+    pub inner_lr: f64,
+    /// Inner steps per task.
+    #[config(default = 5)]
+    pub inner_steps: usize,
+    /// Tasks per outer step.
+    #[config(default = 5)]
+    pub meta_batch_size: usize,
+    /// Outer step size ε.
+    #[config(default = 1.0)]
+    pub epsilon: f64,
+    /// Anneal ε linearly to 0 over this many meta-iterations (0: constant).
+    #[config(default = 0)]
+    pub anneal_to: usize,
+    /// Worker threads (0: one per core).
+    #[config(default = 0)]
+    pub threads: usize,
+}
+
+impl ReptileConfig {
+    /// Check every field.
+    pub fn validate(&self) -> metalearn_core::Result<()> {
+        ensure_positive("inner_lr", self.inner_lr)?;
+        ensure_nonzero("inner_steps", self.inner_steps)?;
+        ensure_nonzero("meta_batch_size", self.meta_batch_size)?;
+        if !(self.epsilon > 0.0 && self.epsilon <= 1.0) {
+            return Err(Error::config("epsilon", format!("must be in (0, 1], got {}", self.epsilon)));
+        }
+        Ok(())
+    }
+}
+
+/// Reptile over any [`MetaTrainable`] model.
+pub struct Reptile<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
+    model: M,
+    config: ReptileConfig,
+    device: B::Device,
+    pool: Arc<rayon::ThreadPool>,
+    iterations: usize,
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Reptile<B, M, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reptile")
+            .field("config", &self.config)
+            .field("iterations", &self.iterations)
+            .finish()
+    }
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
+    /// Validate `config` and wrap `model`.
+    pub fn new(config: ReptileConfig, model: M, device: B::Device) -> UpdateResult<Self> {
+        config.validate()?;
+        Ok(Self {
+            model: params::require_grad(model),
+            pool: thread_pool(config.threads)?,
+            config,
+            device,
+            iterations: 0,
+        })
+    }
+
+    /// The meta-learned initialisation.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// ε at the current iteration.
+    pub fn epsilon(&self) -> f64 {
+        let c = &self.config;
+        if c.anneal_to == 0 {
+            c.epsilon
+        } else {
+            c.epsilon * (1.0 - self.iterations as f64 / c.anneal_to as f64).max(0.0)
+        }
+    }
+
+    fn sizes(&self) -> Sizes<Tensor<B, 1>> {
+        Sizes::Uniform(self.config.inner_lr)
+    }
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Reptile<B, M, D> {
+    type Adapted = M::InnerModule;
+
+    fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
+        if episodes.is_empty() {
+            return Err(Error::Empty("meta-batch"));
+        }
+        let theta = self.model.valid();
+        let sizes = self.sizes();
+        let (steps, device) = (self.config.inner_steps, &self.device);
+        let jobs: Vec<_> = episodes.iter().map(|e| (theta.clone(), e)).collect();
+        let parts: Vec<metalearn_core::Result<_>> = self.pool.install(|| {
+            jobs.into_par_iter()
+                .map(|(theta, ep)| {
+                    let phi = adapt_inner::<B, M, D>(theta, ep, steps, &sizes, device, |_, _| {
+                        Ok(())
+                    })?;
+                    let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, ep, device)?;
+                    Ok((phi, loss, acc))
+                })
+                .collect()
+        });
+        let mut phis = Vec::with_capacity(parts.len());
+        let (mut loss, mut acc, mut n_acc) = (0.0, 0.0, 0usize);
+        for p in parts {
+            let (phi, l, a) = p?;
+            phis.push(phi);
+            loss += l;
+            if let Some(a) = a {
+                acc += a;
+                n_acc += 1;
+            }
+        }
+        let n = phis.len() as f64;
+        let loss = check_finite(self.iterations, loss / n)?;
+        let mean = params::average(&phis)?;
+        let next = params::interpolate(theta, &mean, self.epsilon())?;
+        if !params::to_vec(&next).iter().all(|v| v.is_finite()) {
+            return Err(Error::Diverged {
+                iteration: self.iterations,
+                value: f64::NAN,
+            });
+        }
+        self.model = params::require_grad(<M as burn::module::AutodiffModule<_>>::from_inner(next));
+        let stats = StepStats {
+            iteration: self.iterations,
+            meta_loss: loss,
+            meta_accuracy: (n_acc > 0).then(|| acc / n_acc as f64),
+        };
+        self.iterations += 1;
+        Ok(stats)
+    }
+
+    fn meta_batch_size(&self) -> usize {
+        self.config.meta_batch_size
+    }
+
+    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
+        adapt_inner::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            &self.device,
+            |_, _| Ok(()),
+        )
+    }
+
+    fn adaptation_curve(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<AdaptationCurve> {
+        adaptation_curve::<B, M, D>(self.model.valid(), episode, steps, &self.sizes(), &self.device)
+    }
+}
