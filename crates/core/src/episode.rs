@@ -160,6 +160,48 @@ impl EpisodeData {
     }
 }
 
+impl HostBatch {
+    /// The examples of `self` followed by those of `other` (same example shape and target width).
+    pub fn concat(&self, other: &HostBatch) -> Result<HostBatch> {
+        if self.input_shape.get(1..) != other.input_shape.get(1..)
+            || self.target_dim != other.target_dim
+        {
+            return Err(Error::ShapeMismatch(format!(
+                "cannot concatenate batches of shapes {:?} and {:?}",
+                self.input_shape, other.input_shape
+            )));
+        }
+        let mut input_shape = self.input_shape.clone();
+        if let Some(n) = input_shape.first_mut() {
+            *n += other.len();
+        }
+        let labels = match (&self.labels, &other.labels) {
+            (Some(a), Some(b)) => Some(a.iter().chain(b).copied().collect()),
+            _ => None,
+        };
+        Ok(HostBatch {
+            inputs: self.inputs.iter().chain(&other.inputs).copied().collect(),
+            input_shape,
+            targets: self.targets.iter().chain(&other.targets).copied().collect(),
+            target_dim: self.target_dim,
+            labels,
+        })
+    }
+}
+
+impl EpisodeData {
+    /// The episode with its query examples added to the support set (for learners such as
+    /// Reptile that train on all of a meta-training task's data).
+    pub fn all_as_support(&self) -> Result<EpisodeData> {
+        let all = self.support.concat(&self.query)?;
+        Ok(EpisodeData {
+            kind: self.kind,
+            support: all.clone(),
+            query: all,
+        })
+    }
+}
+
 /// A labelled set as tensors.
 #[derive(Debug, Clone)]
 pub struct Batch<B: Backend, const D: usize> {

@@ -221,6 +221,70 @@ impl<D: ClassDataset> TaskDistribution for NWayKShot<D> {
     }
 }
 
+/// Plain supervised minibatches over all classes of a [`ClassDataset`], for pretraining
+/// baselines: an "episode" holds two independent batches (support, query) of `batch` examples
+/// drawn uniformly (class, then example), labelled with their global class ids.
+#[derive(Clone)]
+pub struct ClassBatches<D: ClassDataset> {
+    dataset: Arc<D>,
+    batch: usize,
+}
+
+impl<D: ClassDataset> std::fmt::Debug for ClassBatches<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassBatches")
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+impl<D: ClassDataset> ClassBatches<D> {
+    /// Batches of `batch` examples; the dataset must have classes and no empty class.
+    pub fn new(dataset: Arc<D>, batch: usize) -> Result<Self> {
+        ensure_nonzero("batch", batch)?;
+        let n = dataset.num_classes();
+        if n == 0 {
+            return Err(Error::Unsatisfiable("the dataset has no class".into()));
+        }
+        if let Some(c) = (0..n).find(|&c| dataset.class_len(c) == 0) {
+            return Err(Error::Unsatisfiable(format!("class {c} is empty")));
+        }
+        Ok(Self { dataset, batch })
+    }
+
+    fn draw(&self, r: &mut impl rand::Rng) -> Result<HostBatch> {
+        let n = self.dataset.num_classes();
+        let mut x = Vec::new();
+        let mut labels = Vec::with_capacity(self.batch);
+        for _ in 0..self.batch {
+            let c = r.random_range(0..n);
+            let i = r.random_range(0..self.dataset.class_len(c));
+            self.dataset.write_example(c, i, &mut x)?;
+            labels.push(c);
+        }
+        let mut shape = vec![self.batch];
+        shape.extend_from_slice(self.dataset.example_shape());
+        HostBatch::classification(x, shape, labels, n)
+    }
+}
+
+impl<D: ClassDataset> TaskDistribution for ClassBatches<D> {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Classification {
+            ways: self.dataset.num_classes(),
+        }
+    }
+
+    fn sample(&self, seed: u64) -> Result<EpisodeData> {
+        let mut r = rng(seed);
+        Ok(EpisodeData {
+            kind: self.kind(),
+            support: self.draw(&mut r)?,
+            query: self.draw(&mut r)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub mod image;
 pub mod omniglot;
 mod sinusoid;
 
-pub use classes::{ClassDataset, InMemoryClasses, NWayKShot, NWayKShotConfig};
+pub use classes::{ClassBatches, ClassDataset, InMemoryClasses, NWayKShot, NWayKShotConfig};
 pub use error::{Error, Result};
 pub use omniglot::{Omniglot, OmniglotClasses, OmniglotConfig};
 pub use sinusoid::{Sinusoid, SinusoidConfig, SinusoidTask};

@@ -62,7 +62,10 @@ impl<B: Backend> LinearHead<B> {
     /// Zero-initialised head.
     pub fn zeros(d: usize, ways: usize, device: &B::Device) -> Self {
         Self {
-            weight: Param::initialized(ParamId::new(), Tensor::zeros([d, ways], device).require_grad()),
+            weight: Param::initialized(
+                ParamId::new(),
+                Tensor::zeros([d, ways], device).require_grad(),
+            ),
             bias: Param::initialized(ParamId::new(), Tensor::zeros([ways], device).require_grad()),
         }
     }
@@ -133,7 +136,10 @@ where
         let ways = match episode.kind {
             TaskKind::Classification { ways } => ways,
             TaskKind::Regression => {
-                return Err(Error::config("episodes", "the baseline needs classification episodes"))
+                return Err(Error::config(
+                    "episodes",
+                    "the baseline needs classification episodes",
+                ))
             }
         };
         let body = self.model.valid();

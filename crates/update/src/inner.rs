@@ -76,7 +76,8 @@ pub(crate) fn collect_grads<A: AutodiffBackend, N: Module<A>>(
     }
     impl<A: AutodiffBackend> ModuleVisitor<A> for V<'_, A> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<A, D>>) {
-            self.out.push(p.val().grad(self.grads).map(|g| g.reshape([-1])));
+            self.out
+                .push(p.val().grad(self.grads).map(|g| g.reshape([-1])));
         }
     }
     let mut v = V::<A> {

@@ -182,6 +182,12 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
         episode: &EpisodeData,
         steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
-        adaptation_curve::<B, M, D>(self.model.valid(), episode, steps, &self.sizes(), &self.device)
+        adaptation_curve::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            &self.device,
+        )
     }
 }

@@ -68,7 +68,10 @@ pub fn prototypes<Bk: Backend>(support: Tensor<Bk, 2>, onehot: Tensor<Bk, 2>) ->
 }
 
 /// Logits `−‖q − p‖²` for queries `[n_q, d]` and prototypes `[N, d]`.
-pub fn prototype_logits_from<Bk: Backend>(protos: Tensor<Bk, 2>, query: Tensor<Bk, 2>) -> Tensor<Bk, 2> {
+pub fn prototype_logits_from<Bk: Backend>(
+    protos: Tensor<Bk, 2>,
+    query: Tensor<Bk, 2>,
+) -> Tensor<Bk, 2> {
     let [nq, _] = query.dims();
     let n = protos.dims()[0];
     let q2 = (query.clone() * query.clone()).sum_dim(1).repeat_dim(1, n); // [n_q, N]
@@ -238,7 +241,10 @@ mod tests {
         let s = Tensor::<Bk, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]], &d);
         let y = Tensor::<Bk, 2>::from_floats([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], &d);
         let q = Tensor::<Bk, 2>::from_floats([[1.0, 1.0], [0.0, 3.0]], &d);
-        let l: Vec<f32> = prototype_logits(s, y, q).into_data().iter::<f32>().collect();
+        let l: Vec<f32> = prototype_logits(s, y, q)
+            .into_data()
+            .iter::<f32>()
+            .collect();
         // q0=(1,1): to (1,0) dist² 1; to (0,4) 1 + 9 = 10. q1=(0,3): 1 + 9 = 10; 1.
         let want = [-1.0, -10.0, -10.0, -1.0];
         for (a, b) in l.iter().zip(want) {

@@ -1,7 +1,9 @@
 //! Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
 //!
-//! For each task of a meta-batch: `k` SGD steps on its support set from θ give φ; then
-//! `θ ← θ + ε · (mean φ − θ)`, with ε annealed linearly to 0 over training when asked.
+//! For each task of a meta-batch: `k` SGD steps on all its examples (support and query: Reptile
+//! has no held-out inner objective) from θ give φ; then `θ ← θ + ε · (mean φ − θ)`, with ε
+//! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
+//! after adaptation. At test time only the support set is used.
 
 use crate::inner::{adapt_inner, adaptation_curve, evaluate, Sizes};
 use crate::maml::thread_pool;
@@ -59,7 +61,10 @@ impl ReptileConfig {
         ensure_nonzero("inner_steps", self.inner_steps)?;
         ensure_nonzero("meta_batch_size", self.meta_batch_size)?;
         if !(self.epsilon > 0.0 && self.epsilon <= 1.0) {
-            return Err(Error::config("epsilon", format!("must be in (0, 1], got {}", self.epsilon)));
+            return Err(Error::config(
+                "epsilon",
+                format!("must be in (0, 1], got {}", self.epsilon),
+            ));
         }
         Ok(())
     }
@@ -130,10 +135,11 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         let parts: Vec<metalearn_core::Result<_>> = self.pool.install(|| {
             jobs.into_par_iter()
                 .map(|(theta, ep)| {
-                    let phi = adapt_inner::<B, M, D>(theta, ep, steps, &sizes, device, |_, _| {
-                        Ok(())
-                    })?;
-                    let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, ep, device)?;
+                    // Reptile trains on all of a meta-training task's examples.
+                    let ep = ep.all_as_support()?;
+                    let phi =
+                        adapt_inner::<B, M, D>(theta, &ep, steps, &sizes, device, |_, _| Ok(()))?;
+                    let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, &ep, device)?;
                     Ok((phi, loss, acc))
                 })
                 .collect()
@@ -189,6 +195,12 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         episode: &EpisodeData,
         steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
-        adaptation_curve::<B, M, D>(self.model.valid(), episode, steps, &self.sizes(), &self.device)
+        adaptation_curve::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            &self.device,
+        )
     }
 }
