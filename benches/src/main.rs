@@ -3,6 +3,7 @@
 //! Runs on the backend chosen with `--backend` (default: the default CPU backend) and writes
 //! `report.md`, `results.json` and SVG plots under `--out` (default `target/bench`).
 
+mod omniglot;
 mod sinusoid;
 
 use anyhow::Result;
@@ -17,9 +18,15 @@ pub struct Args {
     /// Backend: flex (default CPU), ndarray, or wgpu (GPU; needs the `wgpu` feature).
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
-    /// Short run (a smoke check, about a minute on 2 cores).
+    /// Short run (a smoke check: minutes on 2 cores).
     #[arg(long)]
     pub quick: bool,
+    /// The papers' budgets (Omniglot: many hours on a CPU; the report gives estimates).
+    #[arg(long, conflicts_with = "quick")]
+    pub full: bool,
+    /// Which suites to run: sinusoid, omniglot, or all.
+    #[arg(long, default_value = "all")]
+    pub suite: String,
     /// Override the number of meta-training iterations.
     #[arg(long)]
     pub iterations: Option<usize>,
@@ -39,10 +46,22 @@ pub struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let dir = args.out.join("sinusoid");
-    std::fs::create_dir_all(&dir)?;
-    let report = metalearn_core::with_backend!(args.backend, B => sinusoid::run::<B>(&args, &dir))?;
-    println!("{report}");
-    println!("report written to {}", dir.join("report.md").display());
+    let suites: Vec<&str> = match args.suite.as_str() {
+        "all" => vec!["sinusoid", "omniglot"],
+        "sinusoid" | "omniglot" => vec![args.suite.as_str()],
+        other => anyhow::bail!("unknown suite `{other}` (expected sinusoid, omniglot or all)"),
+    };
+    for suite in suites {
+        let dir = args.out.join(suite);
+        std::fs::create_dir_all(&dir)?;
+        let report = match suite {
+            "sinusoid" => {
+                metalearn_core::with_backend!(args.backend, B => sinusoid::run::<B>(&args, &dir))?
+            }
+            _ => metalearn_core::with_backend!(args.backend, B => omniglot::run::<B>(&args, &dir))?,
+        };
+        println!("{report}");
+        println!("report written to {}", dir.join("report.md").display());
+    }
     Ok(())
 }

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod fewshot;
 pub mod plot;
 mod steps;
 
