@@ -71,7 +71,11 @@ impl SettingResult {
 pub fn markdown_table(rows: &[(String, Vec<SettingResult>)]) -> String {
     let mut s = String::from("| learner |");
     for set in Setting::OMNIGLOT {
-        s.push_str(&format!(" {} (ours) | {} (paper) |", set.label(), set.label()));
+        s.push_str(&format!(
+            " {} (ours) | {} (paper) |",
+            set.label(),
+            set.label()
+        ));
     }
     s.push_str("\n|---|");
     for _ in Setting::OMNIGLOT {

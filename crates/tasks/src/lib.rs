@@ -4,7 +4,9 @@
 //!
 //! - [`Sinusoid`]: the sinusoid regression family of Finn et al. (2017).
 //! - [`NWayKShot`]: N-way K-shot classification episodes over any [`ClassDataset`]
-//!   (an in-memory one is [`InMemoryClasses`]; real data: [`Omniglot`]).
+//!   (an in-memory one is [`InMemoryClasses`]; real data: [`Omniglot`], image folders via
+//!   [`load_image_folder`]).
+//! - [`ClassBatches`]: plain supervised minibatches over all classes (for pretraining).
 //!
 //! Every sampler is a [`TaskDistribution`](metalearn_core::TaskDistribution): the same seed gives the
 //! same episode, on every platform.
@@ -22,11 +24,13 @@
 
 mod classes;
 mod error;
+mod folder;
 pub mod image;
 pub mod omniglot;
 mod sinusoid;
 
 pub use classes::{ClassBatches, ClassDataset, InMemoryClasses, NWayKShot, NWayKShotConfig};
 pub use error::{Error, Result};
+pub use folder::{load_image_folder, ImageFolder, ImageFolderConfig};
 pub use omniglot::{Omniglot, OmniglotClasses, OmniglotConfig};
 pub use sinusoid::{Sinusoid, SinusoidConfig, SinusoidTask};
