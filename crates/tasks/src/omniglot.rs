@@ -113,6 +113,7 @@ pub struct Character {
 /// | `image_size` | 28 | output height = width (≥ 1) |
 /// | `zips` | background + evaluation | archives to read |
 /// | `cache` | true | read/write the preprocessed cache |
+/// | `cache_dir` | None | where the cache lives (None: `$METALEARN_CACHE`, else next to the data when writable, else the user cache dir) |
 #[derive(Debug, Clone)]
 pub struct OmniglotConfig {
     /// Output height = width.
@@ -121,6 +122,8 @@ pub struct OmniglotConfig {
     pub zips: Vec<ZipSpec>,
     /// Use the preprocessed cache.
     pub cache: bool,
+    /// Explicit cache folder.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for OmniglotConfig {
@@ -129,6 +132,7 @@ impl Default for OmniglotConfig {
             image_size: 28,
             zips: vec![ZipSpec::background(), ZipSpec::evaluation()],
             cache: true,
+            cache_dir: None,
         }
     }
 }
@@ -174,7 +178,10 @@ impl Omniglot {
             stamps.push(format!("{}:{}:{}", spec.file, meta.len(), mtime));
         }
         let key = format!("size={};{}", config.image_size, stamps.join(";"));
-        let cache = config.cache.then(|| cache_path(dir, config.image_size));
+        let cache = config.cache.then(|| match &config.cache_dir {
+            Some(d) => Some(d.join(format!("omniglot-{}.bin", config.image_size))),
+            None => cache_path(dir, config.image_size),
+        });
         if let Some(Some(path)) = &cache {
             if let Ok(Some(o)) = read_cache(path, &key) {
                 return Ok(o);
@@ -626,11 +633,12 @@ mod tests {
         d
     }
 
-    fn config(specs: Vec<ZipSpec>) -> OmniglotConfig {
+    fn config(dir: &Path, specs: Vec<ZipSpec>) -> OmniglotConfig {
         OmniglotConfig {
             image_size: 28,
             zips: specs,
             cache: true,
+            cache_dir: Some(dir.join(".cache")),
         }
     }
 
@@ -644,10 +652,13 @@ mod tests {
             4,
         );
         make_zip(&dir.join("ev.zip"), "images_evaluation", &[("Ccc", 2)], 4);
-        let cfg = config(vec![
-            spec("bg.zip", "images_background", 5, 4),
-            spec("ev.zip", "images_evaluation", 2, 4),
-        ]);
+        let cfg = config(
+            &dir,
+            vec![
+                spec("bg.zip", "images_background", 5, 4),
+                spec("ev.zip", "images_evaluation", 2, 4),
+            ],
+        );
         let o = Omniglot::load_from(&dir, &cfg).unwrap();
         assert_eq!(o.characters().len(), 7);
         assert_eq!(o.characters()[3].alphabet, "Bbb");
@@ -690,17 +701,17 @@ mod tests {
         let dir = temp("bad");
         make_zip(&dir.join("bg.zip"), "images_background", &[("Aaa", 3)], 4);
         let ok = spec("bg.zip", "images_background", 3, 4);
-        let mut cfg = config(vec![ok.clone()]);
+        let mut cfg = config(&dir, vec![ok.clone()]);
         cfg.cache = false;
         // missing class
         let mut want4 = ok.clone();
         want4.characters = 4;
-        let r = Omniglot::load_from(&dir, &config(vec![want4]));
+        let r = Omniglot::load_from(&dir, &config(&dir, vec![want4]));
         assert!(matches!(r, Err(Error::WrongCounts { .. })), "{r:?}");
         // missing drawer
         let mut want5 = ok.clone();
         want5.drawers = 5;
-        let r = Omniglot::load_from(&dir, &config(vec![want5]));
+        let r = Omniglot::load_from(&dir, &config(&dir, vec![want5]));
         assert!(matches!(r, Err(Error::WrongCounts { .. })), "{r:?}");
         // truncated
         let bytes = std::fs::read(dir.join("bg.zip")).unwrap();

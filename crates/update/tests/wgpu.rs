@@ -58,42 +58,56 @@ mod learners {
 
     fn episodes() -> Vec<metalearn_core::episode::EpisodeData> {
         let mut r = metalearn_core::seed::rng(3);
+        // 4 images per class of 32×32, so that batch norm sees enough values per channel.
         let classes: Vec<Vec<f32>> = (0..6)
-            .map(|_| (0..4 * 256).map(|_| r.random::<f32>()).collect())
+            .map(|_| (0..4 * 1024).map(|_| r.random::<f32>()).collect())
             .collect();
-        let ds = Arc::new(InMemoryClasses::new(vec![1, 16, 16], classes).unwrap());
-        let s = NWayKShot::new(ds, NWayKShotConfig::new(3, 1, 2)).unwrap();
+        let ds = Arc::new(InMemoryClasses::new(vec![1, 32, 32], classes).unwrap());
+        let s = NWayKShot::new(ds, NWayKShotConfig::new(3, 2, 2)).unwrap();
         (0..2).map(|i| s.sample(i).unwrap()).collect()
     }
 
     fn conv<B: Backend>(ways: usize) -> Conv4<Autodiff<B>> {
         Conv4Config::new(ways)
             .with_filters(8)
-            .with_input_size(16)
+            .with_input_size(32)
             .init(1, &Default::default())
             .unwrap()
     }
 
-    fn after_step<B: Backend>(name: &str) -> Vec<f64> {
+    /// What each learner computes that must agree across backends: meta-gradients where the
+    /// learner exposes them, otherwise the losses it reports and adaptation results. (Parameters
+    /// after an Adam step are no good: Adam's first step is lr·sign(g), which flips for
+    /// gradients at round-off level.)
+    fn signature<B: Backend>(name: &str) -> Vec<f64> {
         let d = B::Device::default();
         let eps = episodes();
-        let maml = MamlConfig::new().with_inner_lr(0.1).with_meta_batch_size(2);
+        // A small inner step: after large steps on this random conv net, batch norm over a handful
+        // of images amplifies f32 round-off differences between backends to percent level
+        // (measured: 2e-2 at α = 0.1, 1e-6 at α = 0.001 — same code path).
+        let maml = MamlConfig::new()
+            .with_inner_lr(0.01)
+            .with_meta_batch_size(2);
         match name {
-            "maml" => {
-                let mut l = Maml::new(maml, conv::<B>(3), d).unwrap();
-                l.meta_step(&eps).unwrap();
-                params::to_vec(l.model())
-            }
-            "anil" => {
-                let mut l =
-                    Maml::new(MamlConfig::anil().with_inner_lr(0.1), conv::<B>(3), d).unwrap();
-                l.meta_step(&eps).unwrap();
-                params::to_vec(l.model())
-            }
+            "maml" => Maml::new(maml, conv::<B>(3), d)
+                .unwrap()
+                .meta_gradient_vec(&eps)
+                .unwrap(),
+            "fomaml" => Maml::new(maml.with_second_order(false), conv::<B>(3), d)
+                .unwrap()
+                .meta_gradient_vec(&eps)
+                .unwrap(),
+            "anil" => Maml::new(MamlConfig::anil().with_inner_lr(0.1), conv::<B>(3), d)
+                .unwrap()
+                .meta_gradient_vec(&eps)
+                .unwrap(),
             "meta-sgd" => {
-                let mut l = MetaSgd::new(maml, conv::<B>(3), d).unwrap();
-                l.meta_step(&eps).unwrap();
-                params::to_vec(l.rates())
+                let (mut g, r) = MetaSgd::new(maml, conv::<B>(3), d)
+                    .unwrap()
+                    .meta_gradient_vec(&eps)
+                    .unwrap();
+                g.extend(r);
+                g
             }
             "reptile" => {
                 let mut l =
@@ -103,27 +117,34 @@ mod learners {
             }
             "protonet" => {
                 let mut l = ProtoNet::new(ProtoNetConfig::new(), conv::<B>(3), d).unwrap();
-                l.meta_step(&eps).unwrap();
-                params::to_vec(l.model())
+                let mut v: Vec<f64> = l
+                    .adaptation_curve(&eps[1], 0)
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.loss)
+                    .collect();
+                v.push(l.meta_step(&eps).unwrap().meta_loss);
+                v
             }
             _ => {
-                let mut l = FineTune::new(FineTuneConfig::new(), conv::<B>(3), d).unwrap();
-                l.meta_step(&eps).unwrap();
-                let curve = l.adaptation_curve(&eps[0], 5).unwrap();
-                let mut v = params::to_vec(l.model());
-                v.extend(curve.iter().map(|c| c.loss));
-                v
+                let l = FineTune::new(FineTuneConfig::new(), conv::<B>(3), d).unwrap();
+                l.adaptation_curve(&eps[0], 5)
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.loss)
+                    .collect()
             }
         }
     }
 
     #[test]
     fn wgpu_every_learner_step_matches_ndarray() {
+        let mut results = Vec::new();
         for name in [
-            "maml", "anil", "meta-sgd", "reptile", "protonet", "finetune",
+            "maml", "fomaml", "anil", "meta-sgd", "reptile", "protonet", "finetune",
         ] {
-            let cpu = after_step::<NdArrayCpu>(name);
-            let gpu = after_step::<Gpu>(name);
+            let cpu = signature::<NdArrayCpu>(name);
+            let gpu = signature::<Gpu>(name);
             assert_eq!(cpu.len(), gpu.len());
             let num: f64 = cpu
                 .iter()
@@ -132,11 +153,11 @@ mod learners {
                 .sum::<f64>()
                 .sqrt();
             let den: f64 = cpu.iter().map(|a| a * a).sum::<f64>().sqrt();
-            assert!(
-                num / den < 1e-4,
-                "{name}: relative difference {}",
-                num / den
-            );
+            eprintln!("{name}: relative difference {:e}", num / den);
+            results.push((name, num / den));
+        }
+        for (name, e) in results {
+            assert!(e < 1e-4, "{name}: relative difference {e}");
         }
     }
 }
