@@ -13,7 +13,8 @@
 //! use burn::nn::LinearConfig;
 //!
 //! let device = Default::default();
-//! let a = LinearConfig::new(3, 2).init::<Cpu>(&device);
+//! // burn initialises parameters lazily, per clone: materialise before sharing.
+//! let a = params::materialize(LinearConfig::new(3, 2).init::<Cpu>(&device));
 //! let b = params::scale(&a, 3.0);
 //! // ‖3a − a‖ = 2‖a‖
 //! let d = params::diff_norm(&b, &a).unwrap();
