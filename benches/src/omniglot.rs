@@ -146,6 +146,16 @@ fn load() -> Result<Data> {
     })
 }
 
+/// Whether `e` says that the Omniglot zips are not there.
+pub fn is_missing_data(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<metalearn_tasks::Error>(),
+            Some(metalearn_tasks::Error::Missing { .. })
+        )
+    })
+}
+
 fn episodes(
     classes: &Arc<OmniglotClasses>,
     ways: usize,
