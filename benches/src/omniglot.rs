@@ -89,12 +89,14 @@ impl Budget {
             }
         } else {
             Self {
+                // Sized from the quick run's per-iteration times on 2 cores (MAML family
+                // ~0.5-1 s, Reptile ~6 s, ProtoNet 20-way ~2 s, FineTune ~1.2 s per iteration).
                 name: "default",
                 maml_iterations: 150,
                 meta_batch: 4,
-                reptile_iterations: 150,
-                protonet_iterations: 1000,
-                finetune_iterations: 600,
+                reptile_iterations: 60,
+                protonet_iterations: 400,
+                finetune_iterations: 300,
                 test_episodes: 200,
                 val_episodes: 20,
                 curve_points: 6,
