@@ -113,6 +113,17 @@ pub(crate) fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     Ok(phi)
 }
 
+/// [`adapt_inner`] without a per-step callback: the adapted parameters only.
+pub(crate) fn adapt<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+    start: M::InnerModule,
+    episode: &EpisodeData,
+    steps: usize,
+    sizes: &Sizes<Tensor<B, 1>>,
+    device: &B::Device,
+) -> Result<M::InnerModule> {
+    adapt_inner::<B, M, D>(start, episode, steps, sizes, device, |_, _| Ok(()))
+}
+
 /// Query loss and accuracy of `model` on `episode`.
 pub(crate) fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
     model: &N,
@@ -170,7 +181,7 @@ pub(crate) fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
 ) -> Result<TaskGradient> {
     if !second_order && size_module.is_none() {
         // First order, fixed step sizes: the query gradient at φ_K, applied to θ (no nesting).
-        let phi = adapt_inner::<B, M, D>(theta, ep, inner_steps, sizes, device, |_, _| Ok(()))?;
+        let phi = adapt::<B, M, D>(theta, ep, inner_steps, sizes, device)?;
         let leaf: M = params::require_grad(M::from_inner(phi));
         return query_gradient::<B, M, D>(&leaf, &leaf, None, ep, device);
     }

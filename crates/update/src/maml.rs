@@ -13,7 +13,7 @@
 //! is applied to θ.
 
 use crate::inner::{
-    adapt_inner, adaptation_curve, combine, evaluate, task_gradient, BatchGradient, Sizes, AB,
+    adapt, adaptation_curve, combine, evaluate, task_gradient, BatchGradient, Sizes, AB,
 };
 use crate::{Error as UpdateError, Result as UpdateResult};
 use burn::config::Config;
@@ -177,13 +177,12 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
         let sizes = self.sizes();
         let mut total = 0.0;
         for ep in episodes {
-            let phi = adapt_inner::<B, M, D>(
+            let phi = adapt::<B, M, D>(
                 model.clone(),
                 ep,
                 self.config.inner_steps,
                 &sizes,
                 &self.device,
-                |_, _| Ok(()),
             )?;
             total += evaluate::<B, M::InnerModule, D>(&phi, ep, &self.device)?.0;
         }
@@ -254,13 +253,12 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
     }
 
     fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        adapt_inner::<B, M, D>(
+        adapt::<B, M, D>(
             self.model.valid(),
             episode,
             steps,
             &self.sizes(),
             &self.device,
-            |_, _| Ok(()),
         )
     }
 

@@ -3,7 +3,7 @@
 //! `φ = θ − α ⊙ ∇L_support(θ)`, with θ and α both meta-learned by Adam through the same exact
 //! second-order machinery as [`Maml`](crate::Maml).
 
-use crate::inner::{adapt_inner, adaptation_curve, combine, task_gradient, Sizes, AB};
+use crate::inner::{adapt, adaptation_curve, combine, task_gradient, Sizes, AB};
 use crate::maml::{thread_pool, MamlConfig};
 use crate::Result as UpdateResult;
 use burn::module::{ModuleMapper, Param, ParamId};
@@ -167,13 +167,12 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
     }
 
     fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        adapt_inner::<B, M, D>(
+        adapt::<B, M, D>(
             self.model.valid(),
             episode,
             steps,
             &self.sizes(),
             &self.device,
-            |_, _| Ok(()),
         )
     }
 

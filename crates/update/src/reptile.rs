@@ -5,7 +5,7 @@
 //! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
 //! after adaptation. At test time only the support set is used.
 
-use crate::inner::{adapt_inner, adaptation_curve, evaluate, Sizes};
+use crate::inner::{adapt, adaptation_curve, evaluate, Sizes};
 use crate::maml::thread_pool;
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -137,8 +137,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
                 .map(|(theta, ep)| {
                     // Reptile trains on all of a meta-training task's examples.
                     let ep = ep.all_as_support()?;
-                    let phi =
-                        adapt_inner::<B, M, D>(theta, &ep, steps, &sizes, device, |_, _| Ok(()))?;
+                    let phi = adapt::<B, M, D>(theta, &ep, steps, &sizes, device)?;
                     let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, &ep, device)?;
                     Ok((phi, loss, acc))
                 })
@@ -180,13 +179,12 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
     }
 
     fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        adapt_inner::<B, M, D>(
+        adapt::<B, M, D>(
             self.model.valid(),
             episode,
             steps,
             &self.sizes(),
             &self.device,
-            |_, _| Ok(()),
         )
     }
 

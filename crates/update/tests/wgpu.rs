@@ -11,6 +11,17 @@ use metalearn_tasks::{Sinusoid, SinusoidConfig};
 use metalearn_update::{Maml, MamlConfig};
 use metalearn_zoo::{Mlp, MlpConfig};
 
+/// `(‖a − b‖, ‖a‖)`.
+fn diff_and_norm(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    (num, a.iter().map(|x| x * x).sum::<f64>().sqrt())
+}
+
 fn gradient<B: Backend>() -> Vec<f64> {
     let device = B::Device::default();
     let model = MlpConfig::new(vec![1, 16, 16, 1])
@@ -31,13 +42,7 @@ fn gradient<B: Backend>() -> Vec<f64> {
 fn wgpu_second_order_meta_gradient_matches_ndarray() {
     let cpu = gradient::<NdArrayCpu>();
     let gpu = gradient::<Gpu>();
-    let num: f64 = cpu
-        .iter()
-        .zip(&gpu)
-        .map(|(a, b)| (a - b).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let den: f64 = cpu.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let (num, den) = diff_and_norm(&cpu, &gpu);
     assert!(den > 0.0);
     assert!(num / den < 1e-4, "relative difference {}", num / den);
 }
@@ -146,13 +151,7 @@ mod learners {
             let cpu = signature::<NdArrayCpu>(name);
             let gpu = signature::<Gpu>(name);
             assert_eq!(cpu.len(), gpu.len());
-            let num: f64 = cpu
-                .iter()
-                .zip(&gpu)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let den: f64 = cpu.iter().map(|a| a * a).sum::<f64>().sqrt();
+            let (num, den) = diff_and_norm(&cpu, &gpu);
             eprintln!("{name}: relative difference {:e}", num / den);
             results.push((name, num / den));
         }
