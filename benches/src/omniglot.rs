@@ -53,6 +53,8 @@ pub struct Budget {
     /// Train 20-way models for the gradient-based learners (slow: 20-way episodes and, at the
     /// paper's settings, 5 inner steps).
     twenty_way_gradient_learners: bool,
+    /// Fraction of the MAML-family and Reptile iterations the 20-way models train for.
+    twenty_way_fraction: f64,
 }
 
 impl Budget {
@@ -69,7 +71,8 @@ impl Budget {
                 val_episodes: 10,
                 curve_points: 2,
                 timed_iterations: 1,
-                twenty_way_gradient_learners: false,
+                twenty_way_gradient_learners: true,
+                twenty_way_fraction: 0.5,
             }
         } else if args.full {
             // The papers' budgets: MAML 60,000 iterations at meta-batch 32; ProtoNets ~20,000
@@ -86,6 +89,7 @@ impl Budget {
                 curve_points: 30,
                 timed_iterations: 5,
                 twenty_way_gradient_learners: true,
+                twenty_way_fraction: 1.0,
             }
         } else {
             Self {
@@ -102,12 +106,13 @@ impl Budget {
                 curve_points: 6,
                 timed_iterations: 2,
                 twenty_way_gradient_learners: true,
+                twenty_way_fraction: 1.0,
             }
         }
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct LearnerReport {
     name: String,
     trained_on: String,
@@ -222,7 +227,7 @@ impl Run<'_> {
         val_ways: usize,
         test_steps: usize,
         settings: &[Setting],
-    ) -> Result<LearnerReport> {
+    ) -> Result<(LearnerReport, L)> {
         let val = episodes(&self.data.val, val_ways, 1, 5)?;
         let every = (iterations / self.budget.curve_points.max(1)).max(1);
         let pb = bar(iterations, name, self.args.no_progress);
@@ -251,6 +256,36 @@ impl Run<'_> {
         }
         pb.finish_and_clear();
         let train_seconds = times.iter().sum::<f64>() / 1e3;
+        let results = self.test(
+            name,
+            &trained_on,
+            &learner,
+            test_steps,
+            settings,
+            self.budget.test_episodes,
+        )?;
+        let report = LearnerReport {
+            name: name.to_string(),
+            trained_on,
+            iterations,
+            train_seconds,
+            median_ms_per_iteration: median(&times).unwrap_or(f64::NAN),
+            learning_curve: curve,
+            results,
+        };
+        Ok((report, learner))
+    }
+
+    /// Evaluate `learner` on `episodes` test episodes of each of `settings`.
+    fn test<L: MetaLearner<4>>(
+        &self,
+        name: &str,
+        trained_on: &str,
+        learner: &L,
+        test_steps: usize,
+        settings: &[Setting],
+        episodes_per_setting: usize,
+    ) -> Result<Vec<SettingResult>> {
         let mut results = Vec::new();
         for &setting in settings {
             let test = episodes(
@@ -260,9 +295,9 @@ impl Run<'_> {
                 QUERY_PER_CLASS,
             )?;
             let curve = meta_test(
-                &learner,
+                learner,
                 &test,
-                self.budget.test_episodes,
+                episodes_per_setting,
                 test_steps,
                 self.root
                     .named("test")
@@ -281,15 +316,7 @@ impl Run<'_> {
             }
             results.push(r);
         }
-        Ok(LearnerReport {
-            name: name.to_string(),
-            trained_on,
-            iterations,
-            train_seconds,
-            median_ms_per_iteration: median(&times).unwrap_or(f64::NAN),
-            learning_curve: curve,
-            results,
-        })
+        Ok(results)
     }
 }
 
@@ -330,6 +357,17 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     for (ways, settings, inner_steps, alpha, test_steps) in families {
         let train = episodes(&data.train, ways, 1, 5)?;
         let on = format!("{ways}-way 1-shot");
+        let scale = |n: usize| {
+            if ways == 5 {
+                n
+            } else {
+                ((n as f64 * budget.twenty_way_fraction).round() as usize).max(1)
+            }
+        };
+        let (maml_iterations, reptile_iterations) = (
+            scale(budget.maml_iterations),
+            scale(budget.reptile_iterations),
+        );
         let maml = |second_order: bool, adapt_last: usize| {
             MamlConfig::new()
                 .with_inner_lr(alpha)
@@ -344,51 +382,80 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
             ("ANIL", maml(true, 2)),
         ] {
             let l = Maml::new(cfg, conv4::<B>(ways, 1)?, device.clone())?;
-            learners.push(run.train_and_test(
-                name,
-                on.clone(),
-                l,
-                &train,
-                budget.maml_iterations,
-                ways,
-                test_steps,
-                settings,
-            )?);
+            learners.push(
+                run.train_and_test(
+                    name,
+                    on.clone(),
+                    l,
+                    &train,
+                    maml_iterations,
+                    ways,
+                    test_steps,
+                    settings,
+                )?
+                .0,
+            );
         }
         let l = MetaSgd::new(
             maml(true, 0).with_inner_lr(alpha / 4.0),
             conv4::<B>(ways, 1)?,
             device.clone(),
         )?;
-        learners.push(run.train_and_test(
-            "Meta-SGD",
-            on.clone(),
-            l,
-            &train,
-            budget.maml_iterations,
-            ways,
-            1,
-            settings,
-        )?);
+        learners.push(
+            run.train_and_test(
+                "Meta-SGD",
+                on.clone(),
+                l,
+                &train,
+                maml_iterations,
+                ways,
+                1,
+                settings,
+            )?
+            .0,
+        );
         let reptile_train = episodes(&data.train, ways, 1, 9)?;
-        let l = Reptile::new(
-            ReptileConfig::new()
-                .with_meta_batch_size(mb)
-                .with_inner_steps(5)
-                .with_anneal_to(budget.reptile_iterations),
-            conv4::<B>(ways, 1)?,
-            device.clone(),
-        )?;
-        learners.push(run.train_and_test(
+        let reptile_cfg = ReptileConfig::new()
+            .with_meta_batch_size(mb)
+            .with_inner_steps(5)
+            .with_anneal_to(reptile_iterations);
+        let l = Reptile::new(reptile_cfg.clone(), conv4::<B>(ways, 1)?, device.clone())?;
+        let (report, trained) = run.train_and_test(
             "Reptile",
             format!("{ways}-way, 10 examples per class"),
             l,
             &reptile_train,
-            budget.reptile_iterations,
+            reptile_iterations,
             ways,
             10,
             settings,
-        )?);
+        )?;
+        if ways == 5 {
+            // Nichol et al.'s numbers are non-transductive: each query image is classified in
+            // one batch with the support set. That costs a forward pass of (support + 1) images
+            // per query image and adaptation step, so it is measured at 5-way 1-shot only.
+            let nt = Reptile::new(
+                reptile_cfg.with_transductive(false),
+                trained.model().clone(),
+                device.clone(),
+            )?;
+            let name = "Reptile (non-transductive)";
+            let results = run.test(
+                name,
+                &report.trained_on,
+                &nt,
+                10,
+                &five[..1],
+                budget.test_episodes.div_ceil(2),
+            )?;
+            learners.push(LearnerReport {
+                name: name.into(),
+                results,
+                learning_curve: Vec::new(),
+                ..report.clone()
+            });
+        }
+        learners.push(report);
     }
 
     // Prototypical Networks: one embedding for every setting, trained 20-way 5-shot (Snell et al.
@@ -400,16 +467,19 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         device.clone(),
     )?;
     let train = episodes(&data.train, 20, 5, 5)?;
-    learners.push(run.train_and_test(
-        "ProtoNet",
-        "20-way 5-shot".into(),
-        l,
-        &train,
-        budget.protonet_iterations,
-        5,
-        0,
-        &all,
-    )?);
+    learners.push(
+        run.train_and_test(
+            "ProtoNet",
+            "20-way 5-shot".into(),
+            l,
+            &train,
+            budget.protonet_iterations,
+            5,
+            0,
+            &all,
+        )?
+        .0,
+    );
 
     // Pretrain + fine-tune: a classifier over all meta-training classes (4400 with rotations).
     let classes = data.train.num_classes();
@@ -419,16 +489,19 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         device.clone(),
     )?;
     let batches = ClassBatches::new(data.train.clone(), 64)?;
-    learners.push(run.train_and_test(
-        "FineTune",
-        format!("{classes}-class supervised, batch 128"),
-        l,
-        &batches,
-        budget.finetune_iterations,
-        5,
-        100,
-        &all,
-    )?);
+    learners.push(
+        run.train_and_test(
+            "FineTune",
+            format!("{classes}-class supervised, batch 128"),
+            l,
+            &batches,
+            budget.finetune_iterations,
+            5,
+            100,
+            &all,
+        )?
+        .0,
+    );
 
     let speed = speed::<B>(&data, budget, &device)?;
     let results = Results {
@@ -446,6 +519,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     let curves: Vec<Series> = results
         .learners
         .iter()
+        .filter(|l| !l.learning_curve.is_empty())
         .map(|l| Series {
             label: format!("{} ({})", l.name, l.trained_on),
             points: l
@@ -520,7 +594,9 @@ fn report(r: &Results) -> String {
         md,
         "Backend `{}`, budget `{}`, seed {}. Characters: Vinyals split (1100 train, 100 validation, \
          423 test; ×4 rotations). Test: {} episodes per setting, {} queries per class, mean accuracy \
-         ± 95% CI. Batch norm uses batch statistics (transductive, as in Finn et al.).\n",
+         ± 95% CI. Batch norm uses batch statistics: transductive (the query batch in one pass, as in \
+         Finn et al.) except for the row marked non-transductive (each query image with the \
+         support set, Nichol et al.'s protocol).\n",
         r.backend, b.name, r.seed, b.test_episodes, QUERY_PER_CLASS
     );
     let mut rows: Vec<(String, Vec<SettingResult>)> = Vec::new();
@@ -566,7 +642,7 @@ fn report(r: &Results) -> String {
     let _ = writeln!(md, "## Training\n");
     let _ = writeln!(md, "| learner | trained on | iterations | time | median ms / iteration | expected time at the paper's budget |");
     let _ = writeln!(md, "|---|---|---|---|---|---|");
-    for l in &r.learners {
+    for l in r.learners.iter().filter(|l| !l.learning_curve.is_empty()) {
         let paper_iters = match l.name.as_str() {
             "Reptile" => 100_000.0,
             "ProtoNet" | "FineTune" => 20_000.0,

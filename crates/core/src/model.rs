@@ -91,3 +91,53 @@ pub trait EmbeddingModule<B: Backend, const D: usize>: Module<B> {
     /// `[batch, ...] -> [batch, embedding_dim]`.
     fn embed(&self, inputs: Tensor<B, D>) -> Tensor<B, 2>;
 }
+
+/// Outputs for `query` computed *non-transductively*: each query example goes through the
+/// network in one batch with the whole support set and alone among the queries, so batch-norm
+/// statistics never mix query examples (Nichol et al. 2018's evaluation protocol, under which
+/// Reptile's Omniglot numbers are reported).
+///
+/// `f(joint, n_support)` receives `[support; one query example]` and returns the output row(s)
+/// for the example(s) after the first `n_support` rows (`[1, outputs]`). The rows are stacked in
+/// query order. Costs one forward pass of `n_support + 1` examples per query example.
+///
+/// The transductive alternative (the MAML paper's, and metalearn's default) is one forward pass
+/// over the query batch, which normalises each query example with the statistics of all of them.
+pub fn non_transductive<B: Backend, const D: usize>(
+    support: Tensor<B, D>,
+    query: Tensor<B, D>,
+    mut f: impl FnMut(Tensor<B, D>, usize) -> Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let n_support = support.dims()[0];
+    let n_query = query.dims()[0];
+    let rows: Vec<Tensor<B, 2>> = (0..n_query)
+        .map(|j| {
+            let joint = Tensor::cat(vec![support.clone(), query.clone().narrow(0, j, 1)], 0);
+            f(joint, n_support)
+        })
+        .collect();
+    Tensor::cat(rows, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    #[test]
+    fn non_transductive_sees_support_and_one_query() {
+        let dev = Default::default();
+        let s = Tensor::<NdArray, 2>::from_floats([[1.0], [3.0]], &dev);
+        let q = Tensor::<NdArray, 2>::from_floats([[10.0], [20.0], [30.0]], &dev);
+        // Centre by the batch mean: the query row minus the mean of support ∪ {query}.
+        let out = non_transductive(s, q, |x, n| {
+            let centred = x.clone() - x.mean_dim(0);
+            centred.narrow(0, n, 1)
+        });
+        let v: Vec<f32> = out.into_data().to_vec().unwrap();
+        let want = [10.0 - 14.0 / 3.0, 20.0 - 24.0 / 3.0, 30.0 - 34.0 / 3.0];
+        for (a, b) in v.iter().zip(want) {
+            assert!((f64::from(*a) - b).abs() < 1e-5, "{v:?}");
+        }
+    }
+}

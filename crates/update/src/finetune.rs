@@ -17,7 +17,7 @@ use metalearn_core::episode::{EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_positive, Error};
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use metalearn_core::loss::{accuracy, cross_entropy, scalar};
-use metalearn_core::model::{EmbeddingModule, MetaModule};
+use metalearn_core::model::{non_transductive, EmbeddingModule, MetaModule};
 use metalearn_core::params;
 
 /// Baseline hyper-parameters.
@@ -27,6 +27,7 @@ use metalearn_core::params;
 /// | `learning_rate` | 0.001 | Adam learning rate of pretraining | > 0 |
 /// | `head_lr` | 0.01 | Adam learning rate of the new head at test time | > 0 |
 /// | `batch_size` | 1 | `ClassBatches` episodes per pretraining update | ≥ 1 |
+/// | `transductive` | true | embed the query batch in one forward pass (false: each query example with the support set) | — |
 #[derive(Config, Debug)]
 pub struct FineTuneConfig {
     /// Adam learning rate of pretraining.
@@ -38,6 +39,10 @@ pub struct FineTuneConfig {
     /// Episodes per pretraining update.
     #[config(default = 1)]
     pub batch_size: usize,
+    /// Embed the query batch in one forward pass (`false`: each query example in one batch with
+    /// the support set).
+    #[config(default = true)]
+    pub transductive: bool,
 }
 
 impl FineTuneConfig {
@@ -229,7 +234,13 @@ where
         steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
         let q = episode.query.to_batch::<B, D>(&self.device)?;
-        let emb = self.model.valid().embed(q.inputs);
+        let body = self.model.valid();
+        let emb = if self.config.transductive {
+            body.embed(q.inputs)
+        } else {
+            let s = episode.support.to_batch::<B, D>(&self.device)?;
+            non_transductive(s.inputs, q.inputs, |x, n| body.embed(x).narrow(0, n, 1))
+        };
         let mut curve = Vec::with_capacity(steps + 1);
         self.fit_head(episode, steps, |s, head| {
             let logits = head.valid().forward(emb.clone());

@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{Error, Result};
 use metalearn_core::loss::{accuracy, scalar, task_loss};
-use metalearn_core::model::{MetaModule, MetaTrainable};
+use metalearn_core::model::{non_transductive, MetaModule, MetaTrainable};
 use metalearn_core::params;
 
 pub(crate) type AB<B> = Autodiff<B>;
@@ -88,13 +88,97 @@ pub(crate) fn collect_grads<A: AutodiffBackend, N: Module<A>>(
     v.out
 }
 
+/// A rule that turns parameter tensor `i` and its support gradient into the next iterate.
+pub(crate) trait InnerUpdate<B: Backend> {
+    /// The next value of parameter tensor `i` (visiting order); `g` is `None` where the tensor
+    /// did not take part in the loss. Called once per tensor per step, in order.
+    fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1>;
+}
+
+impl<B: Backend> InnerUpdate<B> for &Sizes<Tensor<B, 1>> {
+    fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1> {
+        step(t, g, i, self)
+    }
+}
+
+/// Adam in the inner loop (Kingma & Ba 2015), with fresh moment estimates for every adaptation
+/// (every task): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `φ ← φ − lr · m̂ / (√v̂ + ε)` with bias-corrected `m̂`, `v̂`.
+pub(crate) struct InnerAdam<B: Backend> {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    epsilon: f64,
+    /// Steps taken per tensor (bias correction).
+    t: Vec<i32>,
+    m: Vec<Option<Tensor<B, 1>>>,
+    v: Vec<Option<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> InnerAdam<B> {
+    pub fn new(lr: f64, beta1: f64, beta2: f64, epsilon: f64) -> Self {
+        Self {
+            lr,
+            beta1,
+            beta2,
+            epsilon,
+            t: Vec::new(),
+            m: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> InnerUpdate<B> for InnerAdam<B> {
+    fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1> {
+        let Some(g) = g else { return t };
+        if self.m.len() <= i {
+            self.m.resize(i + 1, None);
+            self.v.resize(i + 1, None);
+            self.t.resize(i + 1, 0);
+        }
+        let (b1, b2) = (self.beta1, self.beta2);
+        let m = match self.m[i].take() {
+            Some(m) => m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+            None => g.clone().mul_scalar(1.0 - b1),
+        };
+        let g2 = g.clone() * g;
+        let v = match self.v[i].take() {
+            Some(v) => v.mul_scalar(b2) + g2.mul_scalar(1.0 - b2),
+            None => g2.mul_scalar(1.0 - b2),
+        };
+        self.t[i] += 1;
+        let step = self.t[i];
+        let m_hat = m.clone().div_scalar(1.0 - b1.powi(step));
+        let v_hat = v.clone().div_scalar(1.0 - b2.powi(step));
+        self.m[i] = Some(m);
+        self.v[i] = Some(v);
+        t - (m_hat / v_hat.sqrt().add_scalar(self.epsilon)).mul_scalar(self.lr)
+    }
+}
+
+/// Plain SGD with [`Sizes`], or Adam: the inner rules a learner can be configured with.
+pub(crate) enum Rule<B: Backend> {
+    Sgd(Sizes<Tensor<B, 1>>),
+    Adam(InnerAdam<B>),
+}
+
+impl<B: Backend> InnerUpdate<B> for Rule<B> {
+    fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1> {
+        match self {
+            Self::Sgd(sizes) => step(t, g, i, sizes),
+            Self::Adam(adam) => adam.update(i, t, g),
+        }
+    }
+}
+
 /// `steps` inner steps on the support set from `start`, on values only (first-order autodiff,
-/// no graph kept). `on_step(s, φ_s)` sees every iterate, including φ₀.
+/// no graph kept), each step made by `rule`. `on_step(s, φ_s)` sees every iterate, including φ₀.
 pub(crate) fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
-    sizes: &Sizes<Tensor<B, 1>>,
+    mut rule: impl InnerUpdate<B>,
     device: &B::Device,
     mut on_step: impl FnMut(usize, &M::InnerModule) -> Result<()>,
 ) -> Result<M::InnerModule> {
@@ -107,7 +191,7 @@ pub(crate) fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
         let loss = task_loss(episode.kind, out, support.targets.clone());
         let grads = loss.backward();
         let g = collect_grads::<AB<B>, _>(&leaf, &grads);
-        phi = params::map_indexed(phi, |i, t| Ok(step(t, g[i].clone(), i, sizes)))?;
+        phi = params::map_indexed(phi, |i, t| Ok(rule.update(i, t, g[i].clone())))?;
         on_step(s, &phi)?;
     }
     Ok(phi)
@@ -118,36 +202,47 @@ pub(crate) fn adapt<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
-    sizes: &Sizes<Tensor<B, 1>>,
+    rule: impl InnerUpdate<B>,
     device: &B::Device,
 ) -> Result<M::InnerModule> {
-    adapt_inner::<B, M, D>(start, episode, steps, sizes, device, |_, _| Ok(()))
+    adapt_inner::<B, M, D>(start, episode, steps, rule, device, |_, _| Ok(()))
 }
 
-/// Query loss and accuracy of `model` on `episode`.
+/// Query loss and accuracy of `model` on `episode`: the query batch in one forward pass when
+/// `transductive`, else each query example with the support set
+/// ([`non_transductive`](metalearn_core::model::non_transductive)).
 pub(crate) fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
     model: &N,
     episode: &EpisodeData,
+    transductive: bool,
     device: &B::Device,
 ) -> Result<(f64, Option<f64>)> {
     let q = episode.query.to_batch::<B, D>(device)?;
-    let out = model.forward(q.inputs);
+    let out = if transductive {
+        model.forward(q.inputs)
+    } else {
+        let s = episode.support.to_batch::<B, D>(device)?;
+        non_transductive(s.inputs, q.inputs, |x, n| model.forward(x).narrow(0, n, 1))
+    };
     let loss = scalar(task_loss(episode.kind, out.clone(), q.targets));
     let acc = q.labels.as_deref().map(|l| accuracy(out, l));
     Ok((loss, acc))
 }
 
-/// Query metrics after 0..=`steps` inner steps from `start`.
+/// Query metrics after 0..=`steps` inner steps from `start` (see [`evaluate`] for
+/// `transductive`).
 pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
-    sizes: &Sizes<Tensor<B, 1>>,
+    rule: impl InnerUpdate<B>,
+    transductive: bool,
     device: &B::Device,
 ) -> Result<metalearn_core::learner::AdaptationCurve> {
     let mut curve = Vec::with_capacity(steps + 1);
-    adapt_inner::<B, M, D>(start, episode, steps, sizes, device, |s, phi| {
-        let (loss, accuracy) = evaluate::<B, M::InnerModule, D>(phi, episode, device)?;
+    adapt_inner::<B, M, D>(start, episode, steps, rule, device, |s, phi| {
+        let (loss, accuracy) =
+            evaluate::<B, M::InnerModule, D>(phi, episode, transductive, device)?;
         curve.push(metalearn_core::learner::StepMetrics {
             steps: s,
             loss,
@@ -318,4 +413,47 @@ pub(crate) fn combine<B: Backend, M: AutodiffModule<AB<B>>>(
         loss: loss / n,
         accuracy: (n_acc > 0).then(|| acc / n_acc as f64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalearn_core::backend::NdArrayCpu as Bk;
+
+    fn vals(t: Tensor<Bk, 1>) -> Vec<f32> {
+        t.into_data().to_vec().unwrap_or_default()
+    }
+
+    #[test]
+    fn inner_adam_matches_hand_computed_steps() {
+        let dev = Default::default();
+        let t = Tensor::<Bk, 1>::from_floats([1.0, -2.0], &dev);
+        let g1 = Tensor::<Bk, 1>::from_floats([0.5, -4.0], &dev);
+        let g2 = Tensor::<Bk, 1>::from_floats([1.0, 2.0], &dev);
+        let (lr, b1, b2, eps) = (0.1, 0.5, 0.9, 1e-8);
+        let mut adam = InnerAdam::<Bk>::new(lr, b1, b2, eps);
+        let t1 = adam.update(0, t, Some(g1));
+        // Step 1: m̂ = g, v̂ = g², so the step is lr·sign(g).
+        let v1 = vals(t1.clone());
+        assert!(
+            (v1[0] - 0.9).abs() < 1e-6 && (v1[1] + 1.9).abs() < 1e-6,
+            "{v1:?}"
+        );
+        let t2 = adam.update(0, t1, Some(g2));
+        let want: Vec<f64> = [(0.5f64, 1.0f64, 0.9f64), (-4.0, 2.0, -1.9)]
+            .iter()
+            .map(|&(g1, g2, p)| {
+                let m = b1 * (1.0 - b1) * g1 + (1.0 - b1) * g2;
+                let v = b2 * (1.0 - b2) * g1 * g1 + (1.0 - b2) * g2 * g2;
+                let (mh, vh) = (m / (1.0 - b1 * b1), v / (1.0 - b2 * b2));
+                p - lr * mh / (vh.sqrt() + eps)
+            })
+            .collect();
+        for (a, b) in vals(t2).iter().zip(&want) {
+            assert!((f64::from(*a) - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // A tensor without a gradient is unchanged and does not disturb the others' state.
+        let u = Tensor::<Bk, 1>::from_floats([3.0], &dev);
+        assert_eq!(vals(adam.update(1, u, None)), vec![3.0]);
+    }
 }

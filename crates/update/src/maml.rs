@@ -40,6 +40,7 @@ use std::sync::Arc;
 /// | `second_order` | true | exact second-order meta-gradient (false: FOMAML) | — |
 /// | `threads` | 0 | worker threads for the tasks of a meta-batch (0: one per core) | — |
 /// | `adapt_last` | 0 | adapt only the last `n` parameter tensors in the inner loop (0: all; 2 with a linear head: ANIL) | — |
+/// | `transductive` | true | evaluate the query batch in one forward pass (false: each query example with the support set) | — |
 ///
 /// The defaults are the sinusoid settings of Finn et al. (2017), §5.1.
 ///
@@ -48,8 +49,13 @@ use std::sync::Arc;
 /// layer, visited last in the zoo's models) while the body is learned in the outer loop only.
 ///
 /// **Batch norm** during adaptation: the zoo's models normalise with the statistics of the batch
-/// they see (support batch in the inner loop, query batch at evaluation) — the transductive
-/// setting of Finn et al. (2017) used by most reported MAML numbers.
+/// they see. In the inner loop that is the support batch. At evaluation (`adapt`-then-test,
+/// [`MetaLearner::adaptation_curve`]) `transductive = true` runs the query batch in one forward
+/// pass, so each query example is normalised with all queries' statistics — the setting of Finn
+/// et al. (2017) used by most reported MAML numbers. `transductive = false` is Nichol et al.'s
+/// (2018) non-transductive protocol: each query example is run in one batch with the support set
+/// only ([`non_transductive`](metalearn_core::model::non_transductive)), at one forward pass of
+/// `support + 1` examples per query example. Meta-training always uses the query batch.
 #[derive(Config, Debug)]
 pub struct MamlConfig {
     /// Inner-loop SGD step size α.
@@ -73,6 +79,10 @@ pub struct MamlConfig {
     /// Adapt only the last `n` parameter tensors in the inner loop (0: all of them).
     #[config(default = 0)]
     pub adapt_last: usize,
+    /// Evaluate the query batch in one forward pass (`false`: each query example with the
+    /// support set, so batch statistics never mix query examples).
+    #[config(default = true)]
+    pub transductive: bool,
 }
 
 impl MamlConfig {
@@ -184,7 +194,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
                 &sizes,
                 &self.device,
             )?;
-            total += evaluate::<B, M::InnerModule, D>(&phi, ep, &self.device)?.0;
+            total += evaluate::<B, M::InnerModule, D>(&phi, ep, true, &self.device)?.0;
         }
         Ok(total / episodes.len().max(1) as f64)
     }
@@ -272,6 +282,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
             episode,
             steps,
             &self.sizes(),
+            self.config.transductive,
             &self.device,
         )
     }

@@ -186,6 +186,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
             episode,
             steps,
             &self.sizes(),
+            self.config.transductive,
             &self.device,
         )
     }

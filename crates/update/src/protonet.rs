@@ -17,7 +17,7 @@ use metalearn_core::episode::{EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use metalearn_core::loss::{accuracy, cross_entropy, scalar};
-use metalearn_core::model::EmbeddingModule;
+use metalearn_core::model::{non_transductive, EmbeddingModule};
 use metalearn_core::params;
 
 /// Prototypical Networks hyper-parameters.
@@ -27,6 +27,7 @@ use metalearn_core::params;
 /// | `learning_rate` | 0.001 | Adam learning rate (Snell et al.: 1e-3, halved every 2000 episodes) | > 0 |
 /// | `meta_batch_size` | 1 | episodes per update | ≥ 1 |
 /// | `lr_halving_every` | 0 | halve the learning rate every this many updates (0: never) | — |
+/// | `transductive` | true | embed the query batch in one forward pass (false: each query example with the support set, whose embeddings then give that example's prototypes) | — |
 #[derive(Config, Debug)]
 pub struct ProtoNetConfig {
     /// Adam learning rate.
@@ -38,6 +39,10 @@ pub struct ProtoNetConfig {
     /// Halve the learning rate every this many updates (0: never).
     #[config(default = 0)]
     pub lr_halving_every: usize,
+    /// Embed the query batch in one forward pass (`false`: each query example in one batch with
+    /// the support set, so batch statistics never mix query examples).
+    #[config(default = true)]
+    pub transductive: bool,
 }
 
 impl ProtoNetConfig {
@@ -220,7 +225,20 @@ where
     ) -> metalearn_core::Result<AdaptationCurve> {
         let (model, protos) = self.adapt(episode, 0)?;
         let q = episode.query.to_batch::<B, D>(&self.device)?;
-        let logits = prototype_logits_from(protos, model.embed(q.inputs));
+        let logits = if self.config.transductive {
+            prototype_logits_from(protos, model.embed(q.inputs))
+        } else {
+            let s = episode.support.to_batch::<B, D>(&self.device)?;
+            non_transductive(s.inputs, q.inputs, |x, n| {
+                let emb = model.embed(x);
+                let rows = emb.dims()[0];
+                prototype_logits(
+                    emb.clone().narrow(0, 0, n),
+                    s.targets.clone(),
+                    emb.narrow(0, n, rows - n),
+                )
+            })
+        };
         Ok(vec![StepMetrics {
             steps: 0,
             loss: scalar(cross_entropy(logits.clone(), q.targets)),

@@ -8,7 +8,7 @@ use metalearn_core::backend::Cpu as B;
 use metalearn_core::learner::MetaLearner;
 use metalearn_core::{Error, SeedStream, TaskDistribution};
 use metalearn_tasks::{Sinusoid, SinusoidConfig};
-use metalearn_update::{BatchedMaml, Maml, MamlConfig};
+use metalearn_update::{BatchedMaml, Maml, MamlConfig, Reptile, ReptileConfig};
 use metalearn_zoo::{Mlp, MlpConfig};
 
 fn post_adaptation_mse<L: MetaLearner<2>>(learner: &L, tasks: &Sinusoid) -> f64 {
@@ -136,4 +136,157 @@ fn diverging_loss_is_a_typed_error_and_keeps_parameters() {
     let r = maml.meta_step(&eps);
     assert!(matches!(r, Err(Error::Diverged { .. })), "{r:?}");
     assert_eq!(before, metalearn_core::params::to_vec(maml.model()));
+}
+
+#[test]
+fn reptile_with_inner_adam_lowers_post_adaptation_mse() {
+    let device = Default::default();
+    let model = MlpConfig::new(vec![1, 40, 40, 1])
+        .init::<Autodiff<B>>(1, &device)
+        .unwrap();
+    let cfg = ReptileConfig::new()
+        .with_inner_adam(true)
+        .with_inner_lr(0.01)
+        .with_inner_steps(5)
+        .with_meta_batch_size(5);
+    let mut reptile: Reptile<B, Mlp<Autodiff<B>>, 2> = Reptile::new(cfg, model, device).unwrap();
+    let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
+    let mse = |r: &Reptile<B, Mlp<Autodiff<B>>, 2>| {
+        (0..40)
+            .map(|i| {
+                let ep = tasks.sample(SeedStream::new(999).child(i).seed()).unwrap();
+                r.adaptation_curve(&ep, 10).unwrap()[10].loss
+            })
+            .sum::<f64>()
+            / 40.0
+    };
+    let before = mse(&reptile);
+    reptile
+        .meta_train(&tasks, 400, SeedStream::new(2), &mut |_| true)
+        .unwrap();
+    let after = mse(&reptile);
+    eprintln!("Reptile (inner Adam): MSE after 10 steps {before:.3} -> {after:.3}");
+    assert!(after < 0.6 * before, "MSE {before} -> {after}");
+}
+
+#[test]
+fn adam_betas_are_validated() {
+    let device = Default::default();
+    for (cfg, name) in [
+        (ReptileConfig::new().with_adam_beta1(1.0), "adam_beta1"),
+        (ReptileConfig::new().with_adam_beta2(-0.1), "adam_beta2"),
+    ] {
+        let model = MlpConfig::new(vec![1, 4, 1])
+            .init::<Autodiff<B>>(0, &device)
+            .unwrap();
+        match Reptile::<B, Mlp<Autodiff<B>>, 2>::new(cfg, model, device) {
+            Err(metalearn_update::Error::Core(Error::InvalidConfig { field, .. })) => {
+                assert_eq!(field, name)
+            }
+            other => panic!("expected InvalidConfig({name}), got {other:?}"),
+        }
+    }
+}
+
+/// Without batch norm the two evaluation protocols give the same numbers; with it they differ
+/// (and non-transductive evaluation does not depend on the other query examples).
+#[test]
+fn non_transductive_evaluation_isolates_query_examples() {
+    use metalearn_core::episode::{EpisodeData, HostBatch, TaskKind};
+    use metalearn_zoo::{Conv4, Conv4Config};
+    let device = Default::default();
+    let mlp = || {
+        MlpConfig::new(vec![1, 16, 1])
+            .init::<Autodiff<B>>(0, &device)
+            .unwrap()
+    };
+    let tasks = Sinusoid::new(SinusoidConfig::new(5, 7)).unwrap();
+    let ep = tasks.sample(4).unwrap();
+    let curve = |transductive: bool| {
+        let m: Maml<B, Mlp<Autodiff<B>>, 2> = Maml::new(
+            MamlConfig::new().with_transductive(transductive),
+            mlp(),
+            device,
+        )
+        .unwrap();
+        m.adaptation_curve(&ep, 2).unwrap()
+    };
+    let (t, n) = (curve(true), curve(false));
+    for (a, b) in t.iter().zip(&n) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-5 * a.loss.max(1.0),
+            "{t:?} vs {n:?}"
+        );
+    }
+
+    // A Conv4 (batch norm) on a 2-way episode of random images.
+    let conv = || {
+        Conv4Config::new(2)
+            .with_filters(4)
+            .with_input_size(8)
+            .with_blocks(2)
+            .init::<Autodiff<B>>(0, &device)
+            .unwrap()
+    };
+    let mut rng = metalearn_core::SeedStream::new(1).rng();
+    let images = |n: usize, rng: &mut metalearn_core::seed::Rng| -> Vec<f32> {
+        use rand::Rng;
+        (0..n * 64).map(|_| rng.random::<f32>()).collect()
+    };
+    let support =
+        HostBatch::classification(images(4, &mut rng), vec![4, 1, 8, 8], vec![0, 1, 0, 1], 2)
+            .unwrap();
+    let query_a =
+        HostBatch::classification(images(4, &mut rng), vec![4, 1, 8, 8], vec![0, 1, 1, 0], 2)
+            .unwrap();
+    // The same first two query images, with two other companions.
+    let mut other = images(4, &mut rng);
+    other[..128].copy_from_slice(&query_a.inputs[..128]);
+    let query_b = HostBatch::classification(other, vec![4, 1, 8, 8], vec![0, 1, 0, 1], 2).unwrap();
+    let kind = TaskKind::Classification { ways: 2 };
+    let ep = |q: &HostBatch| EpisodeData {
+        support: support.clone(),
+        query: q.clone(),
+        kind,
+    };
+    let first_two_logits = |transductive: bool, q: &HostBatch| {
+        let m: Maml<B, Conv4<Autodiff<B>>, 4> = Maml::new(
+            MamlConfig::new().with_transductive(transductive),
+            conv(),
+            device,
+        )
+        .unwrap();
+        let adapted = m.adapt(&ep(q), 1).unwrap();
+        let s = ep(q).support.to_batch::<B, 4>(&device).unwrap();
+        let qb = ep(q).query.to_batch::<B, 4>(&device).unwrap();
+        let out = if transductive {
+            metalearn_core::MetaModule::forward(&adapted, qb.inputs)
+        } else {
+            metalearn_core::model::non_transductive(s.inputs, qb.inputs, |x, n| {
+                metalearn_core::MetaModule::forward(&adapted, x).narrow(0, n, 1)
+            })
+        };
+        out.narrow(0, 0, 2).into_data().to_vec::<f32>().unwrap()
+    };
+    let (na, nb) = (
+        first_two_logits(false, &query_a),
+        first_two_logits(false, &query_b),
+    );
+    assert_eq!(
+        na, nb,
+        "non-transductive logits depend on other query examples"
+    );
+    let (ta, tb) = (
+        first_two_logits(true, &query_a),
+        first_two_logits(true, &query_b),
+    );
+    assert_ne!(
+        ta, tb,
+        "transductive logits should depend on the query batch"
+    );
+    // And the learner's own non-transductive evaluation runs on the conv net.
+    let m: Maml<B, Conv4<Autodiff<B>>, 4> =
+        Maml::new(MamlConfig::new().with_transductive(false), conv(), device).unwrap();
+    let c = m.adaptation_curve(&ep(&query_a), 1).unwrap();
+    assert!(c.iter().all(|p| p.loss.is_finite() && p.accuracy.is_some()));
 }
