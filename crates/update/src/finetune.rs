@@ -6,6 +6,7 @@
 //! body is frozen and a new linear head is trained on the support set's embeddings.
 
 use crate::inner::AB;
+use crate::transfer::fit_head;
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::{AutodiffModule, Module, Param, ParamId};
@@ -130,38 +131,6 @@ where
     pub fn model(&self) -> &M {
         &self.model
     }
-
-    /// Train a new head on `episode`'s support embeddings; `on_step(s, head, query_embeddings)`.
-    fn fit_head(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-        mut on_step: impl FnMut(usize, &LinearHead<AB<B>>) -> metalearn_core::Result<()>,
-    ) -> metalearn_core::Result<LinearHead<AB<B>>> {
-        let ways = match episode.kind {
-            TaskKind::Classification { ways } => ways,
-            TaskKind::Regression => {
-                return Err(Error::config(
-                    "episodes",
-                    "the baseline needs classification episodes",
-                ))
-            }
-        };
-        let body = self.model.valid();
-        let s = episode.support.to_batch::<B, D>(&self.device)?;
-        let emb = Tensor::<AB<B>, 2>::from_inner(body.embed(s.inputs));
-        let targets = Tensor::<AB<B>, 2>::from_inner(s.targets);
-        let mut head = LinearHead::<AB<B>>::zeros(emb.dims()[1], ways, &self.device);
-        let mut optim = AdamConfig::new().init::<AB<B>, LinearHead<AB<B>>>();
-        on_step(0, &head)?;
-        for step in 1..=steps {
-            let loss = cross_entropy(head.forward(emb.clone()), targets.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
-            head = optim.step(self.config.head_lr, head, grads);
-            on_step(step, &head)?;
-        }
-        Ok(head)
-    }
 }
 
 impl<B: Backend, M, const D: usize> MetaLearner<D> for FineTune<B, M, D>
@@ -224,8 +193,16 @@ where
     }
 
     fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        let head = self.fit_head(episode, steps, |_, _| Ok(()))?;
-        Ok((self.model.valid(), head.valid()))
+        let body = self.model.valid();
+        let head = fit_head(
+            &body,
+            episode,
+            steps,
+            self.config.head_lr,
+            &self.device,
+            |_, _| Ok(()),
+        )?;
+        Ok((body, head))
     }
 
     fn adaptation_curve(
@@ -242,15 +219,22 @@ where
             non_transductive(s.inputs, q.inputs, |x, n| body.embed(x).narrow(0, n, 1))
         };
         let mut curve = Vec::with_capacity(steps + 1);
-        self.fit_head(episode, steps, |s, head| {
-            let logits = head.valid().forward(emb.clone());
-            curve.push(StepMetrics {
-                steps: s,
-                loss: scalar(cross_entropy(logits.clone(), q.targets.clone())),
-                accuracy: q.labels.as_deref().map(|l| accuracy(logits, l)),
-            });
-            Ok(())
-        })?;
+        fit_head(
+            &body,
+            episode,
+            steps,
+            self.config.head_lr,
+            &self.device,
+            |s, head| {
+                let logits = head.forward(emb.clone());
+                curve.push(StepMetrics {
+                    steps: s,
+                    loss: scalar(cross_entropy(logits.clone(), q.targets.clone())),
+                    accuracy: q.labels.as_deref().map(|l| accuracy(logits, l)),
+                });
+                Ok(())
+            },
+        )?;
         Ok(curve)
     }
 }

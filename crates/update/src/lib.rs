@@ -10,6 +10,11 @@
 //! - [`Reptile`]: first-order meta-learning by interpolation (Nichol et al. 2018).
 //! - [`ProtoNet`]: Prototypical Networks (Snell et al. 2017).
 //! - [`FineTune`]: pretrain + fine-tune baseline (Chen et al. 2019).
+//! - Model averaging ([`uniform_soup`], [`weighted_soup`], [`greedy_soup`], [`Ensemble`]) and
+//!   iterated averaging over tasks ([`ReptileConfig::averaging`]).
+//! - Knowledge distillation ([`Distiller`], [`distillation_loss`]; ensembles of teachers) and
+//!   meta-distillation of a Prototypical Network ([`EpisodicDistiller`]).
+//! - Transfer learning ([`transfer`]): fine-tune all layers or only a new head from any start.
 //! - [`BatchedMaml`]: the same algorithm for [`TaskBatchedModule`](metalearn_core::model::TaskBatchedModule)s,
 //!   running the whole meta-batch as one stacked computation (the `vmap` fast path).
 //!
@@ -32,7 +37,9 @@
 //! ```
 #![warn(missing_docs)]
 
+mod averaging;
 mod batched;
+mod distill;
 mod error;
 mod finetune;
 mod inner;
@@ -40,8 +47,13 @@ mod maml;
 mod meta_sgd;
 mod protonet;
 mod reptile;
+pub mod transfer;
 
+pub use averaging::{
+    greedy_soup, uniform_soup, weighted_soup, Ensemble, GreedySoup, GreedySoupSummary,
+};
 pub use batched::BatchedMaml;
+pub use distill::{distillation_loss, soft_targets, DistillConfig, Distiller, EpisodicDistiller};
 pub use error::{Error, Result};
 pub use finetune::{FineTune, FineTuneConfig, LinearHead};
 pub use maml::{Maml, MamlConfig};

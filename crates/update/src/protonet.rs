@@ -114,7 +114,7 @@ where
     }
 }
 
-fn ways(ep: &EpisodeData) -> metalearn_core::Result<usize> {
+pub(crate) fn ways(ep: &EpisodeData) -> metalearn_core::Result<usize> {
     match ep.kind {
         TaskKind::Classification { ways } => Ok(ways),
         TaskKind::Regression => Err(Error::config(
@@ -223,28 +223,45 @@ where
         episode: &EpisodeData,
         _steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
-        let (model, protos) = self.adapt(episode, 0)?;
-        let q = episode.query.to_batch::<B, D>(&self.device)?;
-        let logits = if self.config.transductive {
-            prototype_logits_from(protos, model.embed(q.inputs))
-        } else {
-            let s = episode.support.to_batch::<B, D>(&self.device)?;
-            non_transductive(s.inputs, q.inputs, |x, n| {
-                let emb = model.embed(x);
-                let rows = emb.dims()[0];
-                prototype_logits(
-                    emb.clone().narrow(0, 0, n),
-                    s.targets.clone(),
-                    emb.narrow(0, n, rows - n),
-                )
-            })
-        };
-        Ok(vec![StepMetrics {
-            steps: 0,
-            loss: scalar(cross_entropy(logits.clone(), q.targets)),
-            accuracy: q.labels.as_deref().map(|l| accuracy(logits, l)),
-        }])
+        proto_curve(
+            &self.model.valid(),
+            episode,
+            self.config.transductive,
+            &self.device,
+        )
     }
+}
+
+/// Query loss and accuracy of the prototype classifier of embedding `model` on `episode`
+/// (one point: no adaptation steps).
+pub(crate) fn proto_curve<B: Backend, E: EmbeddingModule<B, D>, const D: usize>(
+    model: &E,
+    episode: &EpisodeData,
+    transductive: bool,
+    device: &B::Device,
+) -> metalearn_core::Result<AdaptationCurve> {
+    ways(episode)?;
+    let s = episode.support.to_batch::<B, D>(device)?;
+    let q = episode.query.to_batch::<B, D>(device)?;
+    let logits = if transductive {
+        let protos = prototypes(model.embed(s.inputs), s.targets);
+        prototype_logits_from(protos, model.embed(q.inputs))
+    } else {
+        non_transductive(s.inputs, q.inputs, |x, n| {
+            let emb = model.embed(x);
+            let rows = emb.dims()[0];
+            prototype_logits(
+                emb.clone().narrow(0, 0, n),
+                s.targets.clone(),
+                emb.narrow(0, n, rows - n),
+            )
+        })
+    };
+    Ok(vec![StepMetrics {
+        steps: 0,
+        loss: scalar(cross_entropy(logits.clone(), q.targets)),
+        accuracy: q.labels.as_deref().map(|l| accuracy(logits, l)),
+    }])
 }
 
 #[cfg(test)]

@@ -86,6 +86,20 @@ impl ReptileConfig {
             .with_transductive(false)
     }
 
+    /// Iterated model averaging (federated averaging over tasks): every iteration fine-tunes the
+    /// current initialisation on each task of a meta-batch with `inner_steps` SGD steps of size
+    /// `inner_lr` and *replaces* it by the uniform average of the fine-tuned models — Reptile
+    /// with ε = 1 and no annealing, so that it can be compared with MAML and Reptile on the same
+    /// tasks.
+    pub fn averaging(inner_lr: f64, inner_steps: usize, meta_batch_size: usize) -> Self {
+        Self::new()
+            .with_inner_lr(inner_lr)
+            .with_inner_steps(inner_steps)
+            .with_meta_batch_size(meta_batch_size)
+            .with_epsilon(1.0)
+            .with_anneal_to(0)
+    }
+
     /// Check every field.
     pub fn validate(&self) -> metalearn_core::Result<()> {
         ensure_positive("inner_lr", self.inner_lr)?;

@@ -187,3 +187,55 @@ fn conv_second_order_one_step_matches_finite_differences() {
 fn conv_second_order_three_steps_matches_finite_differences() {
     check_conv(3);
 }
+
+/// Hinton et al.'s distillation loss: its autodiff gradient with respect to the student's logits
+/// matches central differences in f64 (and so does the gradient through a student network).
+#[test]
+fn distillation_loss_gradient_matches_finite_differences() {
+    use burn::tensor::Tensor;
+    use metalearn_core::loss::scalar;
+    use metalearn_update::{distillation_loss, soft_targets};
+    setup();
+    type A = Autodiff<B>;
+    let d = Default::default();
+    let z0 = vec![0.4, -1.2, 0.7, 2.0, 0.1, -0.3];
+    let teacher = Tensor::<B, 2>::from_floats([[1.0, 0.5, -2.0], [0.0, 2.0, 0.3]], &d);
+    let (t, a) = (3.0, 0.6);
+    let soft = soft_targets(&[teacher], &[1.0], t).unwrap();
+    let y = Tensor::<B, 2>::from_floats([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], &d);
+    let f = |z: &[f64]| {
+        // from_data keeps f64 (from_floats would round through f32 and swamp h).
+        let zt = Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(z.to_vec(), [6]), &d)
+            .reshape([2, 3]);
+        scalar(distillation_loss(zt, soft.clone(), y.clone(), t, a).unwrap())
+    };
+    let zt = Tensor::<A, 1>::from_data(burn::tensor::TensorData::new(z0.clone(), [6]), &d)
+        .reshape([2, 3])
+        .require_grad();
+    let loss = distillation_loss(
+        zt.clone(),
+        Tensor::from_inner(soft.clone()),
+        Tensor::from_inner(y.clone()),
+        t,
+        a,
+    )
+    .unwrap();
+    let g: Vec<f64> = zt
+        .grad(&loss.backward())
+        .unwrap()
+        .into_data()
+        .iter::<f64>()
+        .collect();
+    let h = 1e-6;
+    let fd: Vec<f64> = (0..z0.len())
+        .map(|k| {
+            let (mut up, mut dn) = (z0.clone(), z0.clone());
+            up[k] += h;
+            dn[k] -= h;
+            (f(&up) - f(&dn)) / (2.0 * h)
+        })
+        .collect();
+    let err = rel_err(&g, &fd);
+    eprintln!("distillation loss gradient: relative error {err:.2e}");
+    assert!(err < 1e-7, "{g:?} vs {fd:?}");
+}
