@@ -5,6 +5,7 @@
 
 mod omniglot;
 mod sinusoid;
+mod update;
 
 use anyhow::Result;
 use clap::Parser;
@@ -24,7 +25,8 @@ pub struct Args {
     /// The papers' budgets (Omniglot: many hours on a CPU; the report gives estimates).
     #[arg(long, conflicts_with = "quick")]
     pub full: bool,
-    /// Which suites to run: sinusoid, omniglot, or all.
+    /// Which suites to run: sinusoid, omniglot, update (averaging, distillation, transfer), or
+    /// all.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// Override the number of meta-training iterations.
@@ -47,9 +49,11 @@ pub struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let suites: Vec<&str> = match args.suite.as_str() {
-        "all" => vec!["sinusoid", "omniglot"],
-        "sinusoid" | "omniglot" => vec![args.suite.as_str()],
-        other => anyhow::bail!("unknown suite `{other}` (expected sinusoid, omniglot or all)"),
+        "all" => vec!["sinusoid", "omniglot", "update"],
+        "sinusoid" | "omniglot" | "update" => vec![args.suite.as_str()],
+        other => {
+            anyhow::bail!("unknown suite `{other}` (expected sinusoid, omniglot, update or all)")
+        }
     };
     for suite in suites {
         let dir = args.out.join(suite);
@@ -59,14 +63,18 @@ fn main() -> Result<()> {
                 metalearn_core::with_backend!(args.backend, B => sinusoid::run::<B>(&args, &dir))?
             }
             _ => {
-                match metalearn_core::with_backend!(args.backend, B => omniglot::run::<B>(&args, &dir))
-                {
+                let r = if suite == "omniglot" {
+                    metalearn_core::with_backend!(args.backend, B => omniglot::run::<B>(&args, &dir))
+                } else {
+                    metalearn_core::with_backend!(args.backend, B => update::run::<B>(&args, &dir))
+                };
+                match r {
                     Ok(r) => r,
                     // Without the data, `--suite all` says so loudly and goes on; an explicit
                     // `--suite omniglot` fails.
                     Err(e) if args.suite == "all" && omniglot::is_missing_data(&e) => {
                         eprintln!(
-                            "\n!!!!! omniglot suite SKIPPED: {e:#}\n!!!!! set METALEARN_DATA to a \
+                            "\n!!!!! {suite} suite SKIPPED: {e:#}\n!!!!! set METALEARN_DATA to a \
                          folder holding omniglot/images_background.zip and \
                          images_evaluation.zip\n"
                         );

@@ -134,13 +134,15 @@ struct Results {
     speed: Vec<(String, f64)>,
 }
 
-struct Data {
-    train: Arc<OmniglotClasses>,
-    val: Arc<OmniglotClasses>,
-    test: Arc<OmniglotClasses>,
+/// The Vinyals split with rotations.
+pub(crate) struct Data {
+    pub train: Arc<OmniglotClasses>,
+    pub val: Arc<OmniglotClasses>,
+    pub test: Arc<OmniglotClasses>,
 }
 
-fn load() -> Result<Data> {
+/// Load Omniglot (`METALEARN_DATA` or the cache dir) and split it.
+pub(crate) fn load() -> Result<Data> {
     let o = Arc::new(
         Omniglot::load(None, &OmniglotConfig::default())
             .context("loading Omniglot (set METALEARN_DATA to a folder holding omniglot/)")?,

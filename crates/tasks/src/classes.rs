@@ -52,6 +52,54 @@ impl InMemoryClasses {
             classes,
         })
     }
+
+    /// Copy examples `examples` (indices within each class) of each of `classes` of `dataset`,
+    /// in that class order: e.g. a train / validation / test split of the drawings of some
+    /// Omniglot characters for a supervised problem.
+    ///
+    /// Errors: an empty selection, an unknown class, or a class with fewer examples than
+    /// `examples.end`.
+    pub fn select(
+        dataset: &dyn ClassDataset,
+        classes: &[usize],
+        examples: std::ops::Range<usize>,
+    ) -> Result<Self> {
+        if classes.is_empty() || examples.is_empty() {
+            return Err(Error::Unsatisfiable(
+                "select needs at least one class and one example".into(),
+            ));
+        }
+        let blocks = classes
+            .iter()
+            .map(|&c| {
+                if c >= dataset.num_classes() || dataset.class_len(c) < examples.end {
+                    return Err(Error::Unsatisfiable(format!(
+                        "class {c} does not have examples {examples:?}"
+                    )));
+                }
+                let mut block = Vec::new();
+                for i in examples.clone() {
+                    dataset.write_example(c, i, &mut block)?;
+                }
+                Ok(block)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(dataset.example_shape().to_vec(), blocks)
+    }
+
+    /// Every example with its class as label (class by class): a classification batch over
+    /// all classes, for scoring a classifier on a held-out split.
+    pub fn labelled_batch(&self) -> Result<HostBatch> {
+        let mut inputs = Vec::new();
+        let mut labels = Vec::new();
+        for (c, block) in self.classes.iter().enumerate() {
+            inputs.extend_from_slice(block);
+            labels.extend(std::iter::repeat_n(c, block.len() / self.example_len));
+        }
+        let mut shape = vec![labels.len()];
+        shape.extend_from_slice(&self.shape);
+        HostBatch::classification(inputs, shape, labels, self.classes.len())
+    }
 }
 
 impl ClassDataset for InMemoryClasses {
@@ -297,6 +345,19 @@ mod tests {
             .map(|c| (0..per_class).map(|i| (c * 1000 + i) as f32).collect())
             .collect();
         Arc::new(InMemoryClasses::new(vec![1], blocks).unwrap())
+    }
+
+    #[test]
+    fn select_and_labelled_batch() {
+        let d = toy(4, 5);
+        let s = InMemoryClasses::select(d.as_ref(), &[3, 1], 2..4).unwrap();
+        let b = s.labelled_batch().unwrap();
+        assert_eq!(b.inputs, vec![3002.0, 3003.0, 1002.0, 1003.0]);
+        assert_eq!(b.labels.as_deref(), Some(&[0, 0, 1, 1][..]));
+        assert_eq!(b.input_shape, vec![4, 1]);
+        assert!(InMemoryClasses::select(d.as_ref(), &[9], 0..1).is_err());
+        assert!(InMemoryClasses::select(d.as_ref(), &[0], 3..6).is_err());
+        assert!(InMemoryClasses::select(d.as_ref(), &[], 0..1).is_err());
     }
 
     proptest! {

@@ -119,6 +119,21 @@ impl<B: Backend> Conv4<B> {
     }
 }
 
+impl<B: Backend> Conv4<B> {
+    /// The same body with a new head for `ways` classes, drawn from `seed` (PyTorch's default
+    /// initialisation): how a pretrained or meta-learned Conv4 starts on a new problem. Models
+    /// given the same `seed` get identical heads (what parameter soups need).
+    pub fn with_new_head(self, ways: usize, seed: u64) -> metalearn_core::Result<Self> {
+        ensure_nonzero("ways", ways)?;
+        let d_in = self.head.weight.dims()[0];
+        let device = self.head.weight.device();
+        Ok(Self {
+            head: Dense::new(&mut rng(seed), d_in, ways, &device),
+            ..self
+        })
+    }
+}
+
 impl<B: Backend> EmbeddingModule<B, 4> for Conv4<B> {
     fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         Conv4::embed(self, x)
@@ -151,6 +166,18 @@ mod tests {
             .init::<B>(0, &d)
             .is_err());
         assert!(Conv4Config::new(0).init::<B>(0, &d).is_err());
+        let body = metalearn_core::params::to_vec(&m);
+        let m20 = m.with_new_head(20, 3).unwrap();
+        assert_eq!(
+            m20.forward(Tensor::zeros([2, 1, 28, 28], &d)).dims(),
+            [2, 20]
+        );
+        let n_body = body.len() - 64 * 5 - 5;
+        assert_eq!(
+            metalearn_core::params::to_vec(&m20)[..n_body],
+            body[..n_body]
+        );
+        assert!(m20.with_new_head(0, 3).is_err());
     }
 
     #[test]
