@@ -4,6 +4,7 @@
 //! `report.md`, `results.json` and SVG plots under `--out` (default `target/bench`).
 
 mod omniglot;
+mod search;
 mod sinusoid;
 mod update;
 
@@ -25,8 +26,8 @@ pub struct Args {
     /// The papers' budgets (Omniglot: many hours on a CPU; the report gives estimates).
     #[arg(long, conflicts_with = "quick")]
     pub full: bool,
-    /// Which suites to run: sinusoid, omniglot, update (averaging, distillation, transfer), or
-    /// all.
+    /// Which suites to run: sinusoid, omniglot, update (averaging, distillation, transfer),
+    /// search (random / REINFORCE / evolution), or all.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// Override the number of meta-training iterations.
@@ -49,11 +50,11 @@ pub struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let suites: Vec<&str> = match args.suite.as_str() {
-        "all" => vec!["sinusoid", "omniglot", "update"],
-        "sinusoid" | "omniglot" | "update" => vec![args.suite.as_str()],
-        other => {
-            anyhow::bail!("unknown suite `{other}` (expected sinusoid, omniglot, update or all)")
-        }
+        "all" => vec!["sinusoid", "omniglot", "update", "search"],
+        "sinusoid" | "omniglot" | "update" | "search" => vec![args.suite.as_str()],
+        other => anyhow::bail!(
+            "unknown suite `{other}` (expected sinusoid, omniglot, update, search or all)"
+        ),
     };
     for suite in suites {
         let dir = args.out.join(suite);
@@ -63,10 +64,16 @@ fn main() -> Result<()> {
                 metalearn_core::with_backend!(args.backend, B => sinusoid::run::<B>(&args, &dir))?
             }
             _ => {
-                let r = if suite == "omniglot" {
-                    metalearn_core::with_backend!(args.backend, B => omniglot::run::<B>(&args, &dir))
-                } else {
-                    metalearn_core::with_backend!(args.backend, B => update::run::<B>(&args, &dir))
+                let r = match suite {
+                    "omniglot" => {
+                        metalearn_core::with_backend!(args.backend, B => omniglot::run::<B>(&args, &dir))
+                    }
+                    "update" => {
+                        metalearn_core::with_backend!(args.backend, B => update::run::<B>(&args, &dir))
+                    }
+                    _ => {
+                        metalearn_core::with_backend!(args.backend, B => search::run::<B>(&args, &dir))
+                    }
                 };
                 match r {
                     Ok(r) => r,
