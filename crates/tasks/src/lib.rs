@@ -7,6 +7,8 @@
 //!   (an in-memory one is [`InMemoryClasses`]; real data: [`Omniglot`], image folders via
 //!   [`load_image_folder`]).
 //! - [`ClassBatches`]: plain supervised minibatches over all classes (for pretraining).
+//! - [`dynamics`]: families of dynamical systems (oscillator, pendulum, Lotka–Volterra) with
+//!   per-task parameters, RK4 integration, rollouts and drifting streams for online adaptation.
 //!
 //! Every sampler is a [`TaskDistribution`](metalearn_core::TaskDistribution): the same seed gives the
 //! same episode, on every platform.
@@ -23,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod classes;
+pub mod dynamics;
 mod error;
 mod folder;
 pub mod image;
@@ -30,6 +33,7 @@ pub mod omniglot;
 mod sinusoid;
 
 pub use classes::{ClassBatches, ClassDataset, InMemoryClasses, NWayKShot, NWayKShotConfig};
+pub use dynamics::{Dynamics, DynamicsConfig, Family};
 pub use error::{Error, Result};
 pub use folder::{load_image_folder, ImageFolder, ImageFolderConfig};
 pub use omniglot::{Omniglot, OmniglotClasses, OmniglotConfig};
