@@ -6,6 +6,8 @@
 //!   0, 1, …, S adaptation steps (the *steps curve*), each with mean, standard deviation and 95%
 //!   confidence interval.
 //! - [`plot`]: SVG plots of steps curves and learning curves.
+//! - [`analysis`]: interpretability — linear CKA between representations and per-layer
+//!   parameter change during adaptation (Raghu et al. 2020).
 //! - JSON output through serde for every result type.
 //!
 //! ```
@@ -20,6 +22,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod analysis;
 mod error;
 pub mod fewshot;
 pub mod plot;

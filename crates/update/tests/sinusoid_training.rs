@@ -290,3 +290,27 @@ fn non_transductive_evaluation_isolates_query_examples() {
     let c = m.adaptation_curve(&ep(&query_a), 1).unwrap();
     assert!(c.iter().all(|p| p.loss.is_finite() && p.accuracy.is_some()));
 }
+
+/// Interpretability: the per-layer change of adaptation is exactly zero for layers the inner loop
+/// does not adapt (ANIL's body) and positive for the adapted head.
+#[test]
+fn per_layer_change_is_zero_for_frozen_layers() {
+    use burn::module::AutodiffModule;
+    use metalearn_eval::analysis::layer_changes;
+    let device = Default::default();
+    let model = MlpConfig::new(vec![1, 40, 40, 1])
+        .init::<Autodiff<B>>(1, &device)
+        .unwrap();
+    let anil: Maml<B, Mlp<Autodiff<B>>, 2> =
+        Maml::new(MamlConfig::anil().with_inner_lr(0.1), model, device).unwrap();
+    let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
+    let adapted = anil.adapt(&tasks.sample(3).unwrap(), 5).unwrap();
+    let changes = layer_changes(&anil.model().valid(), &adapted).unwrap();
+    assert_eq!(changes.len(), 6);
+    for c in &changes[..4] {
+        assert_eq!(c.relative_change, 0.0, "{c:?}");
+    }
+    for c in &changes[4..] {
+        assert!(c.relative_change > 0.0, "{c:?}");
+    }
+}

@@ -134,6 +134,23 @@ impl<B: Backend> Conv4<B> {
     }
 }
 
+impl<B: Backend> Conv4<B> {
+    /// The representation after each conv block (flattened to `[n, features]`) and the logits:
+    /// `blocks + 1` matrices, for layer-wise analyses such as CKA.
+    pub fn block_outputs(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+        let mut out = Vec::with_capacity(self.convs.len() + 1);
+        let mut h = x;
+        for (conv, norm) in self.convs.iter().zip(&self.norms) {
+            h = max_pool2x2(relu(norm.forward(conv.forward(h))));
+            let n = h.dims()[0];
+            out.push(h.clone().reshape([n as i32, -1]));
+        }
+        let n = h.dims()[0];
+        out.push(self.head.forward(h.reshape([n as i32, -1])));
+        out
+    }
+}
+
 impl<B: Backend> EmbeddingModule<B, 4> for Conv4<B> {
     fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         Conv4::embed(self, x)
