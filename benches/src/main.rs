@@ -3,6 +3,7 @@
 //! Runs on the backend chosen with `--backend` (default: the default CPU backend) and writes
 //! `report.md`, `results.json` and SVG plots under `--out` (default `target/bench`).
 
+mod dynamics;
 mod omniglot;
 mod search;
 mod sinusoid;
@@ -27,7 +28,8 @@ pub struct Args {
     #[arg(long, conflicts_with = "quick")]
     pub full: bool,
     /// Which suites to run: sinusoid, omniglot, update (averaging, distillation, transfer),
-    /// search (random / REINFORCE / evolution), or all.
+    /// search (random / REINFORCE / evolution), dynamics (dynamical systems, online adaptation,
+    /// sample efficiency, generalisation, interpretability), or all.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// Override the number of meta-training iterations.
@@ -50,10 +52,10 @@ pub struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let suites: Vec<&str> = match args.suite.as_str() {
-        "all" => vec!["sinusoid", "omniglot", "update", "search"],
-        "sinusoid" | "omniglot" | "update" | "search" => vec![args.suite.as_str()],
+        "all" => vec!["sinusoid", "omniglot", "update", "search", "dynamics"],
+        "sinusoid" | "omniglot" | "update" | "search" | "dynamics" => vec![args.suite.as_str()],
         other => anyhow::bail!(
-            "unknown suite `{other}` (expected sinusoid, omniglot, update, search or all)"
+            "unknown suite `{other}` (expected sinusoid, omniglot, update, search, dynamics or all)"
         ),
     };
     for suite in suites {
@@ -70,6 +72,9 @@ fn main() -> Result<()> {
                     }
                     "update" => {
                         metalearn_core::with_backend!(args.backend, B => update::run::<B>(&args, &dir))
+                    }
+                    "dynamics" => {
+                        metalearn_core::with_backend!(args.backend, B => dynamics::run::<B>(&args, &dir))
                     }
                     _ => {
                         metalearn_core::with_backend!(args.backend, B => search::run::<B>(&args, &dir))

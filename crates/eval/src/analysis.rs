@@ -20,7 +20,12 @@ use serde::{Deserialize, Serialize};
 /// Errors: fewer than 2 examples, lengths that are not `n × width`, a constant representation
 /// (CKA undefined).
 pub fn linear_cka(x: &[f64], p: usize, y: &[f64], q: usize) -> Result<f64> {
-    if p == 0 || q == 0 || x.len() % p != 0 || y.len() % q != 0 || x.len() / p != y.len() / q {
+    if p == 0
+        || q == 0
+        || !x.len().is_multiple_of(p)
+        || !y.len().is_multiple_of(q)
+        || x.len() / p != y.len() / q
+    {
         return Err(Error::ShapeMismatch(format!(
             "representations of {} × {p} and {} × {q} values",
             x.len(),
