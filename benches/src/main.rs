@@ -14,6 +14,22 @@ use clap::Parser;
 use metalearn_core::backend::BackendKind;
 use std::path::PathBuf;
 
+/// A progress bar for `n` steps labelled `name` (hidden with `--no-progress`).
+pub(crate) fn progress_bar(n: usize, name: &str, hidden: bool) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressStyle};
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(name.to_string());
+    pb
+}
+
 /// metalearn benchmark suites.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]

@@ -9,7 +9,6 @@ use crate::Args;
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use indicatif::{ProgressBar, ProgressStyle};
 use metalearn_core::learner::MetaLearner;
 use metalearn_core::stats::median;
 use metalearn_core::{SeedStream, TaskDistribution};
@@ -183,20 +182,6 @@ fn conv4<B: Backend>(ways: usize, seed: u64) -> Result<Conv4<Autodiff<B>>> {
     Ok(Conv4Config::new(ways).init::<Autodiff<B>>(seed, &Default::default())?)
 }
 
-fn bar(n: usize, name: &str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(n as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(name.to_string());
-    pb
-}
-
 /// Mean accuracy on `n` validation episodes.
 fn validate<L: MetaLearner<4>>(
     learner: &L,
@@ -234,7 +219,7 @@ impl Run<'_> {
     ) -> Result<(LearnerReport, L)> {
         let val = episodes(&self.data.val, val_ways, 1, 5)?;
         let every = (iterations / self.budget.curve_points.max(1)).max(1);
-        let pb = bar(iterations, name, self.args.no_progress);
+        let pb = crate::progress_bar(iterations, name, self.args.no_progress);
         let mut curve = vec![(
             0,
             validate(&learner, &val, self.budget.val_episodes, test_steps)?,

@@ -5,7 +5,6 @@ use crate::Args;
 use anyhow::Result;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use indicatif::{ProgressBar, ProgressStyle};
 use metalearn_core::learner::MetaLearner;
 use metalearn_core::stats::{median, Summary};
 use metalearn_core::{SeedStream, TaskDistribution};
@@ -50,20 +49,6 @@ struct Results {
     test_tasks: usize,
     learners: Vec<LearnerResult>,
     pretrain_steps_curve_k5: StepsCurve,
-}
-
-fn bar(n: usize, name: &str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(n as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} {msg} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(name.to_string());
-    pb
 }
 
 /// Run the suite on backend `B`, write the report files into `dir`, return the markdown.
@@ -112,7 +97,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         }
 
         let mut learner = BatchedMaml::new(config, init, device.clone())?;
-        let pb = bar(iterations, name, args.no_progress);
+        let pb = crate::progress_bar(iterations, name, args.no_progress);
         let mut times = Vec::with_capacity(iterations);
         let mut curve = Vec::new();
         let mut window = Vec::new();

@@ -76,3 +76,23 @@ pub fn ensure_nonzero(field: &'static str, value: usize) -> Result<()> {
         Err(Error::config(field, "must be at least 1, got 0"))
     }
 }
+
+/// Check mixing weights for `n` items (models, teachers, ensemble members) and return their sum:
+/// one weight per item, each finite and non-negative, summing to a positive number.
+pub fn check_weights(weights: &[f64], n: usize, what: &str) -> Result<f64> {
+    if weights.len() != n {
+        return Err(Error::ShapeMismatch(format!(
+            "{} weights for {n} {what}",
+            weights.len()
+        )));
+    }
+    if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+        return Err(Error::config("weights", "must be finite and non-negative"));
+    }
+    let total: f64 = weights.iter().sum();
+    if total > 0.0 {
+        Ok(total)
+    } else {
+        Err(Error::config("weights", "must sum to a positive number"))
+    }
+}

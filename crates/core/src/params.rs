@@ -185,20 +185,7 @@ pub fn scale<B: Backend, M: Module<B>>(module: &M, c: f64) -> M {
 /// do not sum to a positive number, or mismatched shapes.
 pub fn weighted_average<B: Backend, M: Module<B>>(modules: &[M], weights: &[f64]) -> Result<M> {
     let first = modules.first().ok_or(Error::Empty("modules to average"))?;
-    if weights.len() != modules.len() {
-        return Err(Error::ShapeMismatch(format!(
-            "{} weights for {} modules",
-            weights.len(),
-            modules.len()
-        )));
-    }
-    if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-        return Err(Error::config("weights", "must be finite and non-negative"));
-    }
-    let total: f64 = weights.iter().sum();
-    if total <= 0.0 {
-        return Err(Error::config("weights", "must sum to a positive number"));
-    }
+    let total = crate::error::check_weights(weights, modules.len(), "modules")?;
     let all: Vec<Vec<(Vec<usize>, Tensor<B, 1>)>> = modules.iter().map(tensors).collect();
     for (k, ts) in all.iter().enumerate().skip(1) {
         if ts.len() != all[0].len() || ts.iter().zip(&all[0]).any(|(a, b)| a.0 != b.0) {

@@ -21,7 +21,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use metalearn_core::episode::TaskKind;
-use metalearn_core::error::{Error, Result};
+use metalearn_core::error::{check_weights, Error, Result};
 use metalearn_core::model::MetaModule;
 use metalearn_core::params;
 use serde::{Deserialize, Serialize};
@@ -160,20 +160,7 @@ impl<M> Ensemble<M> {
         if members.is_empty() {
             return Err(Error::Empty("ensemble members"));
         }
-        if weights.len() != members.len() {
-            return Err(Error::ShapeMismatch(format!(
-                "{} weights for {} ensemble members",
-                weights.len(),
-                members.len()
-            )));
-        }
-        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-            return Err(Error::config("weights", "must be finite and non-negative"));
-        }
-        let total: f64 = weights.iter().sum();
-        if total <= 0.0 {
-            return Err(Error::config("weights", "must sum to a positive number"));
-        }
+        let total = check_weights(&weights, members.len(), "ensemble members")?;
         Ok(Self {
             members,
             weights: weights.into_iter().map(|w| w / total).collect(),

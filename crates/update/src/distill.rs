@@ -32,7 +32,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use metalearn_core::episode::{EpisodeData, HostBatch, TaskDistribution};
-use metalearn_core::error::{ensure_positive, Error};
+use metalearn_core::error::{check_weights, ensure_positive, Error};
 
 type CoreResult<T> = metalearn_core::Result<T>;
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
@@ -99,20 +99,7 @@ pub fn soft_targets<B: Backend>(
 ) -> CoreResult<Tensor<B, 2>> {
     ensure_positive("temperature", temperature)?;
     let first = teacher_logits.first().ok_or(Error::Empty("teachers"))?;
-    if weights.len() != teacher_logits.len() {
-        return Err(Error::ShapeMismatch(format!(
-            "{} weights for {} teachers",
-            weights.len(),
-            teacher_logits.len()
-        )));
-    }
-    if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-        return Err(Error::config("weights", "must be finite and non-negative"));
-    }
-    let total: f64 = weights.iter().sum();
-    if total <= 0.0 {
-        return Err(Error::config("weights", "must sum to a positive number"));
-    }
+    let total = check_weights(weights, teacher_logits.len(), "teachers")?;
     let mut acc = Tensor::<B, 2>::zeros(first.dims(), &first.device());
     for (z, &w) in teacher_logits.iter().zip(weights) {
         if z.dims() != first.dims() {
@@ -206,22 +193,7 @@ where
         if teachers.is_empty() {
             return Err(Error::Empty("teachers").into());
         }
-        if weights.len() != teachers.len() {
-            return Err(Error::ShapeMismatch(format!(
-                "{} weights for {} teachers",
-                weights.len(),
-                teachers.len()
-            ))
-            .into());
-        }
-        let total: f64 = weights.iter().sum();
-        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || total <= 0.0 {
-            return Err(Error::config(
-                "weights",
-                "must be finite, non-negative and sum to a positive number",
-            )
-            .into());
-        }
+        check_weights(&weights, teachers.len(), "teachers")?;
         Ok(Self {
             student: params::require_grad(student),
             teachers,
