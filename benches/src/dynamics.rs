@@ -4,7 +4,6 @@
 //! test / out-of-distribution gap with CIs) and interpretability (per-layer change and CKA, on the
 //! dynamics MLP and on MAML's Conv4 on Omniglot, after Raghu et al. 2020).
 
-use crate::omniglot::load;
 use crate::Args;
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
@@ -21,12 +20,13 @@ use metalearn_eval::plot::{line_plot, Series};
 use metalearn_tasks::dynamics::{
     rollout, DriftConfig, DriftingStream, Dynamics, DynamicsConfig, Family,
 };
-use metalearn_tasks::{NWayKShot, NWayKShotConfig};
+use metalearn_tasks::{NWayKShot, NWayKShotConfig, Omniglot, OmniglotConfig};
 use metalearn_update::{BatchedMaml, Maml, MamlConfig, Reptile, ReptileConfig};
 use metalearn_zoo::{Conv4Config, Mlp, MlpConfig};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 type AB<B> = Autodiff<B>;
@@ -116,6 +116,7 @@ struct Results {
     jumps: Vec<usize>,
     mlp_layers: Vec<LayerRow>,
     conv4_layers: Vec<LayerRow>,
+    omniglot_generalisation: Vec<(String, Summary)>,
 }
 
 fn mlp<B: Backend>(seed: u64) -> Result<Mlp<AB<B>>> {
@@ -456,7 +457,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
 
     // Interpretability on Omniglot: MAML's Conv4 (Raghu et al. 2020).
     let t = Instant::now();
-    let conv4_layers = omniglot_analysis::<B>(&budget, &root)?;
+    let (conv4_layers, omniglot_generalisation) = omniglot_analysis::<B>(&budget, &root)?;
     eprintln!(
         "[dynamics] Omniglot analysis: {:.0} s",
         t.elapsed().as_secs_f64()
@@ -474,6 +475,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         jumps: stream.jumps().to_vec(),
         mlp_layers,
         conv4_layers,
+        omniglot_generalisation,
     };
     std::fs::write(
         dir.join("results.json"),
@@ -485,10 +487,30 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     Ok(md)
 }
 
-fn omniglot_analysis<B: Backend>(budget: &Budget, root: &SeedStream) -> Result<Vec<LayerRow>> {
-    let data = load()?;
+/// MAML's Conv4 on Omniglot, trained on Lake et al.'s background alphabets minus a tenth of their
+/// characters: generalisation to held-out characters of seen alphabets and to unseen alphabets
+/// (the evaluation set), and the per-layer analysis of Raghu et al. (2020) on the held-out
+/// characters.
+fn omniglot_analysis<B: Backend>(
+    budget: &Budget,
+    root: &SeedStream,
+) -> Result<(Vec<LayerRow>, Vec<(String, Summary)>)> {
+    let omniglot = Arc::new(
+        Omniglot::load(None, &OmniglotConfig::default())
+            .context("loading Omniglot (set METALEARN_DATA to a folder holding omniglot/)")?,
+    );
+    let (mut background, evaluation) = omniglot.lake_split();
+    let mut r = metalearn_core::seed::rng(7);
+    for i in (1..background.len()).rev() {
+        let j = rand::Rng::random_range(&mut r, 0..=i);
+        background.swap(i, j);
+    }
+    let held = background.split_off(background.len() * 9 / 10);
+    let seen = Arc::new(omniglot.classes(background, true));
+    let held_out = Arc::new(omniglot.classes(held, false));
+    let unseen = Arc::new(omniglot.classes(evaluation, false));
     let device = B::Device::default();
-    let train = NWayKShot::new(data.train.clone(), NWayKShotConfig::new(5, 1, 5))?;
+    let train = NWayKShot::new(seen.clone(), NWayKShotConfig::new(5, 1, 5))?;
     let model = Conv4Config::new(5).init::<AB<B>>(1, &device)?;
     let mut maml = Maml::new(
         MamlConfig::new()
@@ -505,7 +527,28 @@ fn omniglot_analysis<B: Backend>(budget: &Budget, root: &SeedStream) -> Result<V
         &mut |_| true,
     )?;
     let theta = maml.model().valid();
-    let test = NWayKShot::new(data.test.clone(), NWayKShotConfig::new(5, 1, 15))?;
+    let mut generalisation = Vec::new();
+    for (name, ds) in [
+        ("meta-train characters", &seen),
+        ("held-out characters, seen alphabets", &held_out),
+        ("unseen alphabets (Lake evaluation set)", &unseen),
+    ] {
+        let tasks = NWayKShot::new(ds.clone(), NWayKShotConfig::new(5, 1, 15))?;
+        let c = meta_test(
+            &maml,
+            &tasks,
+            2 * budget.analysis_episodes,
+            5,
+            root.named("omniglot-generalisation"),
+        )?;
+        let acc = c
+            .points
+            .last()
+            .and_then(|p| p.accuracy)
+            .context("no accuracy")?;
+        generalisation.push((name.to_string(), acc));
+    }
+    let test = NWayKShot::new(held_out.clone(), NWayKShotConfig::new(5, 1, 15))?;
     let blocks = 4;
     let mut changes: Vec<Vec<f64>> = Vec::new();
     let mut ckas: Vec<Vec<f64>> = Vec::new();
@@ -554,7 +597,7 @@ fn omniglot_analysis<B: Backend>(budget: &Budget, root: &SeedStream) -> Result<V
         relative_change: summary(&head),
         cka_before_after: Some(col(&ckas, blocks)),
     });
-    Ok(rows)
+    Ok((rows, generalisation))
 }
 
 fn plots(r: &Results, dir: &Path) -> Result<()> {
@@ -660,6 +703,22 @@ fn report(r: &Results) -> String {
             f(&g.out_of_distribution)
         );
     }
+    let _ = writeln!(
+        md,
+        "\n**Omniglot (MAML Conv4, {} meta-iterations on Lake et al.'s background alphabets minus a \
+         tenth of their characters)**: 5-way 1-shot accuracy after 5 steps, 15 queries per class, \
+         {} episodes, ± 95% CI.\n\n| tasks from | accuracy (%) |\n|---|---|",
+        b.omniglot_iterations,
+        2 * b.analysis_episodes
+    );
+    for (name, s) in &r.omniglot_generalisation {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.1} ± {:.1} |",
+            100.0 * s.mean,
+            100.0 * s.ci95
+        );
+    }
     let _ = writeln!(md, "\n## Online adaptation (drifting pendulum)\n\n{} windows of 10 observed states; parameters drift (random walk, 2% of their range per window) and jump at windows {:?}. After each window: 5 adaptation steps, then the vector-field MSE of the current system. Plot: `online_adaptation.svg`.\n", b.windows, r.jumps);
     let _ = writeln!(
         md,
@@ -696,7 +755,7 @@ fn report(r: &Results) -> String {
             l.cka_before_after.as_ref().map_or("".into(), f)
         );
     }
-    let _ = writeln!(md, "\n**Conv4 on Omniglot (MAML, {} meta-iterations, 5-way 1-shot, 5 steps of 0.4)** — Raghu et al. (2020) found the body's representations nearly unchanged by adaptation (CKA ≈ 1) and the head changing: feature reuse rather than rapid learning.\n\n| layer | relative change | CKA before/after |\n|---|---|---|", b.omniglot_iterations);
+    let _ = writeln!(md, "\n**Conv4 on Omniglot (MAML, {} meta-iterations, 5-way 1-shot, 5 steps of 0.4; held-out characters)** — Raghu et al. (2020) found the body's representations nearly unchanged by adaptation (CKA ≈ 1) and the head changing: feature reuse rather than rapid learning.\n\n| layer | relative change | CKA before/after |\n|---|---|---|", b.omniglot_iterations);
     for l in &r.conv4_layers {
         let _ = writeln!(
             md,
