@@ -477,10 +477,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         conv4_layers,
         omniglot_generalisation,
     };
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
+    crate::write_results(dir, &results)?;
     plots(&results, dir)?;
     let md = report(&results);
     std::fs::write(dir.join("report.md"), &md)?;

@@ -30,6 +30,15 @@ pub(crate) fn progress_bar(n: usize, name: &str, hidden: bool) -> indicatif::Pro
     pb
 }
 
+/// Write a suite's `results.json`.
+pub(crate) fn write_results<T: serde::Serialize>(dir: &std::path::Path, results: &T) -> Result<()> {
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    Ok(())
+}
+
 /// metalearn benchmark suites.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]

@@ -501,10 +501,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         learners,
         speed,
     };
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
+    crate::write_results(dir, &results)?;
     let curves: Vec<Series> = results
         .learners
         .iter()

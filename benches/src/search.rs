@@ -303,10 +303,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         synthetic,
         meta,
     };
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
+    crate::write_results(dir, &results)?;
     let md = report(&results, cspace.enumerate(1 << 20)?.len());
     std::fs::write(dir.join("report.md"), &md)?;
     Ok(md)

@@ -169,10 +169,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         learners,
         pretrain_steps_curve_k5: pretrain,
     };
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
+    crate::write_results(dir, &results)?;
     plots(&results, dir)?;
     let md = report(&results);
     std::fs::write(dir.join("report.md"), &md)?;

@@ -496,10 +496,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         transfer,
         iterated_averaging,
     };
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
+    crate::write_results(dir, &results)?;
     plot_transfer(&results, dir)?;
     let md = report(&results);
     std::fs::write(dir.join("report.md"), &md)?;
@@ -620,6 +617,23 @@ fn plot_transfer(r: &Results, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn model_table(md: &mut String, rows: &[ModelRow]) {
+    let _ = writeln!(
+        md,
+        "| model | parameters | validation | test |\n|---|---|---|---|"
+    );
+    for m in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} |",
+            m.name,
+            m.parameters,
+            100.0 * m.validation_accuracy.unwrap_or(f64::NAN),
+            100.0 * m.test_accuracy
+        );
+    }
+}
+
 fn report(r: &Results) -> String {
     let b = r.budget;
     let mut md = String::new();
@@ -642,20 +656,7 @@ fn report(r: &Results) -> String {
          learning rate and seed shown. Accuracy in %.\n",
         b.classes, b.finetune_iterations
     );
-    let _ = writeln!(
-        md,
-        "| model | parameters | validation | test |\n|---|---|---|---|"
-    );
-    for m in &r.averaging {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.1} | {:.1} |",
-            m.name,
-            m.parameters,
-            100.0 * m.validation_accuracy.unwrap_or(f64::NAN),
-            100.0 * m.test_accuracy
-        );
-    }
+    model_table(&mut md, &r.averaging);
     let _ = writeln!(md, "\n## Knowledge distillation\n");
     let _ = writeln!(
         md,
@@ -664,20 +665,7 @@ fn report(r: &Results) -> String {
          α = 0.9). Accuracy in %.\n",
         b.student_filters, b.distill_iterations
     );
-    let _ = writeln!(
-        md,
-        "| model | parameters | validation | test |\n|---|---|---|---|"
-    );
-    for m in &r.distillation {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.1} | {:.1} |",
-            m.name,
-            m.parameters,
-            100.0 * m.validation_accuracy.unwrap_or(f64::NAN),
-            100.0 * m.test_accuracy
-        );
-    }
+    model_table(&mut md, &r.distillation);
     let _ = writeln!(md, "\n## Meta-distillation (few-shot)\n");
     let _ = writeln!(
         md,
