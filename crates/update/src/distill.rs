@@ -21,7 +21,7 @@
 //! Batch norm: the zoo's models normalise with batch statistics; teacher and student see the
 //! same batches.
 
-use crate::inner::AB;
+use crate::inner::{adam_step, AB};
 use crate::protonet::{proto_curve, prototype_logits, ways};
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -384,16 +384,15 @@ where
         let loss = total
             .ok_or(Error::Empty("meta-batch"))?
             .mul_scalar(1.0 / episodes.len() as f64);
-        let value = check_finite(self.iterations, scalar(loss.clone().inner()))?;
-        let grads = GradientsParams::from_grads(loss.backward(), &self.student);
-        self.student = self
-            .optim
-            .step(self.config.learning_rate, self.student.clone(), grads);
-        let stats = StepStats {
-            iteration: self.iterations,
-            meta_loss: value,
-            meta_accuracy: (n > 0).then(|| acc / n as f64),
-        };
+        let (next, stats) = adam_step(
+            &self.student,
+            &mut self.optim,
+            self.config.learning_rate,
+            loss,
+            self.iterations,
+            (acc, n),
+        )?;
+        self.student = next;
         self.iterations += 1;
         Ok(stats)
     }

@@ -5,18 +5,18 @@
 //! (episodes from `metalearn_tasks::ClassBatches`, labels = global class ids). At test time the
 //! body is frozen and a new linear head is trained on the support set's embeddings.
 
-use crate::inner::AB;
+use crate::inner::{adam_step, AB};
 use crate::transfer::fit_head;
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::{AutodiffModule, Module, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use metalearn_core::episode::{EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_positive, Error};
-use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepMetrics, StepStats};
+use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use metalearn_core::loss::{accuracy, cross_entropy, scalar};
 use metalearn_core::model::{non_transductive, EmbeddingModule, MetaModule};
 use metalearn_core::params;
@@ -174,16 +174,15 @@ where
         let loss = total
             .ok_or(Error::Empty("batch"))?
             .mul_scalar(1.0 / (2 * episodes.len()) as f64);
-        let value = check_finite(self.iterations, scalar(loss.clone().inner()))?;
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        self.model = self
-            .optim
-            .step(self.config.learning_rate, self.model.clone(), grads);
-        let stats = StepStats {
-            iteration: self.iterations,
-            meta_loss: value,
-            meta_accuracy: (n > 0).then(|| acc / n as f64),
-        };
+        let (next, stats) = adam_step(
+            &self.model,
+            &mut self.optim,
+            self.config.learning_rate,
+            loss,
+            self.iterations,
+            (acc, n),
+        )?;
+        self.model = next;
         self.iterations += 1;
         Ok(stats)
     }

@@ -6,11 +6,13 @@
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, HasAutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{Error, Result};
+use metalearn_core::learner::{check_finite, StepStats};
 use metalearn_core::loss::{accuracy, scalar, task_loss};
 use metalearn_core::model::{non_transductive, MetaModule, MetaTrainable};
 use metalearn_core::params;
@@ -251,6 +253,31 @@ pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usiz
         Ok(())
     })?;
     Ok(curve)
+}
+
+/// One Adam step of `model` on `loss` (the learners whose update is a plain gradient step:
+/// ProtoNet, FineTune, EpisodicDistiller): the new model and the iteration's statistics, with
+/// the mean accuracy `acc / n` over the `n` scored episodes. A non-finite loss is
+/// `Error::Diverged` and takes no step.
+pub(crate) fn adam_step<B: Backend, M: AutodiffModule<AB<B>>>(
+    model: &M,
+    optim: &mut OptimizerAdaptor<Adam, M, AB<B>>,
+    learning_rate: f64,
+    loss: Tensor<AB<B>, 1>,
+    iteration: usize,
+    (acc, n): (f64, usize),
+) -> Result<(M, StepStats)> {
+    let value = check_finite(iteration, scalar(loss.clone().inner()))?;
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let next = optim.step(learning_rate, model.clone(), grads);
+    Ok((
+        next,
+        StepStats {
+            iteration,
+            meta_loss: value,
+            meta_accuracy: (n > 0).then(|| acc / n as f64),
+        },
+    ))
 }
 
 /// One task's contribution to the meta-gradient.

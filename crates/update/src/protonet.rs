@@ -5,17 +5,17 @@
 //! embedding network is trained end to end on episodes (optionally with more ways at training
 //! than at test, which Snell et al. found helps: 60-way training for Omniglot).
 
-use crate::inner::AB;
+use crate::inner::{adam_step, AB};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use metalearn_core::episode::{EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
-use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepMetrics, StepStats};
+use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use metalearn_core::loss::{accuracy, cross_entropy, scalar};
 use metalearn_core::model::{non_transductive, EmbeddingModule};
 use metalearn_core::params;
@@ -191,15 +191,16 @@ where
         let loss = total
             .ok_or(Error::Empty("meta-batch"))?
             .mul_scalar(1.0 / episodes.len() as f64);
-        let value = check_finite(self.iterations, scalar(loss.clone().inner()))?;
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let lr = self.learning_rate();
-        self.model = self.optim.step(lr, self.model.clone(), grads);
-        let stats = StepStats {
-            iteration: self.iterations,
-            meta_loss: value,
-            meta_accuracy: (n > 0).then(|| acc / n as f64),
-        };
+        let (next, stats) = adam_step(
+            &self.model,
+            &mut self.optim,
+            lr,
+            loss,
+            self.iterations,
+            (acc, n),
+        )?;
+        self.model = next;
         self.iterations += 1;
         Ok(stats)
     }
