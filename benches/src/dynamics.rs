@@ -15,8 +15,8 @@ use metalearn_core::learner::MetaLearner;
 use metalearn_core::stats::Summary;
 use metalearn_core::{MetaModule, SeedStream, TaskDistribution};
 use metalearn_eval::analysis::{layer_changes, linear_cka_tensors};
-use metalearn_eval::meta_test;
 use metalearn_eval::plot::{line_plot, Series};
+use metalearn_eval::{meta_test, meta_test_final};
 use metalearn_tasks::dynamics::{
     rollout, DriftConfig, DriftingStream, Dynamics, DynamicsConfig, Family,
 };
@@ -150,7 +150,7 @@ trait DynLearner<B: Backend> {
     fn theta(&self) -> Mlp<B>;
 }
 
-impl<B: Backend, L: MetaLearner<2, Adapted = Mlp<B>> + HasTheta<B>> DynLearner<B> for L {
+impl<B: Backend, L: MetaLearner<2, Adapted = Mlp<B>> + HasTheta<B> + Sync> DynLearner<B> for L {
     fn curve(
         &self,
         tasks: &dyn TaskDistribution,
@@ -534,7 +534,7 @@ fn omniglot_analysis<B: Backend>(
         ("unseen alphabets (Lake evaluation set)", &unseen),
     ] {
         let tasks = NWayKShot::new(ds.clone(), NWayKShotConfig::new(5, 1, 15))?;
-        let c = meta_test(
+        let c = meta_test_final(
             &maml,
             &tasks,
             2 * budget.analysis_episodes,

@@ -72,6 +72,10 @@ pub struct Args {
     /// Hide the progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Download the official Omniglot zips (sha256-checked, needs curl and internet) into the
+    /// data folder (`METALEARN_DATA`, else the user cache dir) when they are missing.
+    #[arg(long)]
+    pub download: bool,
 }
 
 fn main() -> Result<()> {
@@ -83,6 +87,16 @@ fn main() -> Result<()> {
             "unknown suite `{other}` (expected sinusoid, omniglot, update, search, dynamics or all)"
         ),
     };
+    if args.download {
+        let dir = metalearn_tasks::omniglot::download(
+            None,
+            &[
+                metalearn_tasks::omniglot::ZipSpec::background(),
+                metalearn_tasks::omniglot::ZipSpec::evaluation(),
+            ],
+        )?;
+        eprintln!("Omniglot zips in {}", dir.display());
+    }
     for suite in suites {
         let dir = args.out.join(suite);
         std::fs::create_dir_all(&dir)?;
@@ -113,7 +127,7 @@ fn main() -> Result<()> {
                         eprintln!(
                             "\n!!!!! {suite} suite SKIPPED: {e:#}\n!!!!! set METALEARN_DATA to a \
                          folder holding omniglot/images_background.zip and \
-                         images_evaluation.zip\n"
+                         images_evaluation.zip, or pass --download\n"
                         );
                         continue;
                     }

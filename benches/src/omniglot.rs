@@ -13,7 +13,7 @@ use metalearn_core::learner::MetaLearner;
 use metalearn_core::stats::median;
 use metalearn_core::{SeedStream, TaskDistribution};
 use metalearn_eval::fewshot::{markdown_table, published, Setting, SettingResult, QUERY_PER_CLASS};
-use metalearn_eval::meta_test;
+use metalearn_eval::meta_test_final;
 use metalearn_eval::plot::{line_plot, Series};
 use metalearn_tasks::{
     ClassBatches, ClassDataset, NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses,
@@ -185,13 +185,13 @@ fn conv4<B: Backend>(ways: usize, seed: u64) -> Result<Conv4<Autodiff<B>>> {
 }
 
 /// Mean accuracy on `n` validation episodes.
-fn validate<L: MetaLearner<4>>(
+fn validate<L: MetaLearner<4> + Sync>(
     learner: &L,
     val: &dyn TaskDistribution,
     n: usize,
     steps: usize,
 ) -> Result<f64> {
-    let c = meta_test(learner, val, n, steps, SeedStream::new(4242))?;
+    let c = meta_test_final(learner, val, n, steps, SeedStream::new(4242))?;
     Ok(c.points
         .last()
         .and_then(|p| p.accuracy.map(|a| a.mean))
@@ -208,7 +208,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// Train `learner` on `train`, recording validation accuracy, then evaluate `settings`.
     #[allow(clippy::too_many_arguments)]
-    fn train_and_test<L: MetaLearner<4>>(
+    fn train_and_test<L: MetaLearner<4> + Sync>(
         &self,
         name: &str,
         trained_on: String,
@@ -268,7 +268,7 @@ impl Run<'_> {
     }
 
     /// Evaluate `learner` on `episodes` test episodes of each of `settings`.
-    fn test<L: MetaLearner<4>>(
+    fn test<L: MetaLearner<4> + Sync>(
         &self,
         name: &str,
         trained_on: &str,
@@ -285,7 +285,7 @@ impl Run<'_> {
                 setting.shots,
                 QUERY_PER_CLASS,
             )?;
-            let curve = meta_test(
+            let curve = meta_test_final(
                 learner,
                 &test,
                 episodes_per_setting,

@@ -18,8 +18,8 @@ use metalearn_core::loss::accuracy;
 use metalearn_core::stats::Summary;
 use metalearn_core::{MetaModule, SeedStream, TaskDistribution};
 use metalearn_eval::fewshot::QUERY_PER_CLASS;
-use metalearn_eval::meta_test;
 use metalearn_eval::plot::{line_plot, Series};
+use metalearn_eval::{meta_test, meta_test_final};
 use metalearn_tasks::{
     ClassBatches, InMemoryClasses, NWayKShot, NWayKShotConfig, Sinusoid, SinusoidConfig,
 };
@@ -179,7 +179,7 @@ fn ensemble_score<B: Backend, M: MetaModule<B, 4>>(
 }
 
 /// Mean accuracy and CI after the last adaptation step on `n` test episodes.
-fn few_shot<L: MetaLearner<4>>(
+fn few_shot<L: MetaLearner<4> + Sync>(
     learner: &L,
     data: &Data,
     shots: usize,
@@ -191,7 +191,7 @@ fn few_shot<L: MetaLearner<4>>(
         data.test.clone(),
         NWayKShotConfig::new(5, shots, QUERY_PER_CLASS),
     )?;
-    let c = meta_test(learner, &tasks, n, steps, seed)?;
+    let c = meta_test_final(learner, &tasks, n, steps, seed)?;
     c.points
         .last()
         .and_then(|p| p.accuracy)
@@ -451,7 +451,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
             )?;
             for &k in &shots {
                 let tasks = NWayKShot::new(data.test.clone(), NWayKShotConfig::new(5, k, 5))?;
-                let c = meta_test(
+                let c = meta_test_final(
                     &tr,
                     &tasks,
                     episodes,
@@ -575,7 +575,7 @@ trait MetaLearnerDyn {
     ) -> Result<metalearn_eval::StepsCurve>;
 }
 
-impl<L: MetaLearner<2>> MetaLearnerDyn for L {
+impl<L: MetaLearner<2> + Sync> MetaLearnerDyn for L {
     fn test(
         &self,
         tasks: &dyn TaskDistribution,

@@ -49,6 +49,15 @@ pub trait MetaLearner<const D: usize> {
     /// Query metrics after 0..=`steps` adaptation steps on the support set.
     fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> Result<AdaptationCurve>;
 
+    /// Query metrics after exactly `steps` adaptation steps: the last point of
+    /// [`adaptation_curve`](Self::adaptation_curve). Learners whose curve needs a query pass per
+    /// step override it to score the query set once.
+    fn evaluate(&self, episode: &EpisodeData, steps: usize) -> Result<StepMetrics> {
+        self.adaptation_curve(episode, steps)?
+            .pop()
+            .ok_or(Error::Empty("adaptation curve"))
+    }
+
     /// Meta-train for `iterations` meta-iterations on tasks drawn from `tasks`.
     ///
     /// The episodes of iteration `i` are drawn with seeds `seed.child(i).child(j)`, so a run is

@@ -57,7 +57,8 @@ pub struct SettingResult {
     pub setting: Setting,
     /// Adaptation steps at test time.
     pub test_steps: usize,
-    /// Query metrics after 0..=test_steps steps, over the test episodes.
+    /// Query metrics over the test episodes: after `test_steps` steps (the last point; the
+    /// benchmark scores only that one, `meta_test_final`) or after 0..=test_steps steps.
     pub curve: StepsCurve,
 }
 

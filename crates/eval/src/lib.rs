@@ -5,6 +5,9 @@
 //! - [`meta_test`]: adapt a learner to fresh tasks and summarise the query loss/accuracy after
 //!   0, 1, …, S adaptation steps (the *steps curve*), each with mean, standard deviation and 95%
 //!   confidence interval.
+//! - [`meta_test_final`]: the same tasks scored once, after the last step (one query pass per
+//!   task; the few-shot protocol's final accuracy). Tasks run in parallel on rayon's pool, gathered
+//!   in order, so the numbers do not depend on the thread count.
 //! - [`plot`]: SVG plots of steps curves and learning curves.
 //! - [`analysis`]: interpretability — linear CKA between representations and per-layer
 //!   parameter change during adaptation (Raghu et al. 2020).
@@ -29,4 +32,4 @@ pub mod plot;
 mod steps;
 
 pub use error::{Error, Result};
-pub use steps::{meta_test, StepsCurve, StepsPoint};
+pub use steps::{meta_test, meta_test_final, StepsCurve, StepsPoint};

@@ -162,4 +162,12 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> MetaLearner<2> for BatchedMaml<B, M
     fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> Result<AdaptationCurve> {
         self.inner.adaptation_curve(episode, steps)
     }
+
+    fn evaluate(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> Result<metalearn_core::learner::StepMetrics> {
+        self.inner.evaluate(episode, steps)
+    }
 }

@@ -231,6 +231,25 @@ pub(crate) fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
     Ok((loss, acc))
 }
 
+/// Query metrics after exactly `steps` inner steps from `start` (one query pass; see
+/// [`evaluate`] for `transductive`).
+pub(crate) fn evaluate_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+    start: M::InnerModule,
+    episode: &EpisodeData,
+    steps: usize,
+    rule: impl InnerUpdate<B>,
+    transductive: bool,
+    device: &B::Device,
+) -> Result<metalearn_core::learner::StepMetrics> {
+    let phi = adapt::<B, M, D>(start, episode, steps, rule, device)?;
+    let (loss, accuracy) = evaluate::<B, M::InnerModule, D>(&phi, episode, transductive, device)?;
+    Ok(metalearn_core::learner::StepMetrics {
+        steps,
+        loss,
+        accuracy,
+    })
+}
+
 /// Query metrics after 0..=`steps` inner steps from `start` (see [`evaluate`] for
 /// `transductive`).
 pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usize>(

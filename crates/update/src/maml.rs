@@ -13,7 +13,8 @@
 //! is applied to θ.
 
 use crate::inner::{
-    adapt, adaptation_curve, combine, evaluate, task_gradient, BatchGradient, Sizes, AB,
+    adapt, adaptation_curve, combine, evaluate, evaluate_after, task_gradient, BatchGradient,
+    Sizes, AB,
 };
 use crate::{Error as UpdateError, Result as UpdateResult};
 use burn::config::Config;
@@ -278,6 +279,21 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
         steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
         adaptation_curve::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            self.config.transductive,
+            &self.device,
+        )
+    }
+
+    fn evaluate(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
+        evaluate_after::<B, M, D>(
             self.model.valid(),
             episode,
             steps,

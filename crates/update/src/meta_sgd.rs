@@ -3,7 +3,7 @@
 //! `φ = θ − α ⊙ ∇L_support(θ)`, with θ and α both meta-learned by Adam through the same exact
 //! second-order machinery as [`Maml`](crate::Maml).
 
-use crate::inner::{adapt, adaptation_curve, combine, task_gradient, Sizes, AB};
+use crate::inner::{adapt, adaptation_curve, combine, evaluate_after, task_gradient, Sizes, AB};
 use crate::maml::{thread_pool, MamlConfig};
 use crate::Result as UpdateResult;
 use burn::module::{ModuleMapper, Param, ParamId};
@@ -182,6 +182,21 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
         steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
         adaptation_curve::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            self.config.transductive,
+            &self.device,
+        )
+    }
+
+    fn evaluate(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
+        evaluate_after::<B, M, D>(
             self.model.valid(),
             episode,
             steps,

@@ -5,7 +5,7 @@
 //! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
 //! after adaptation. At test time only the support set is used.
 
-use crate::inner::{adapt, adaptation_curve, evaluate, InnerAdam, Rule, Sizes};
+use crate::inner::{adapt, adaptation_curve, evaluate, evaluate_after, InnerAdam, Rule, Sizes};
 use crate::maml::thread_pool;
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -258,6 +258,21 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
         adaptation_curve::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            self.rule(),
+            self.config.transductive,
+            &self.device,
+        )
+    }
+
+    fn evaluate(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
+        evaluate_after::<B, M, D>(
             self.model.valid(),
             episode,
             steps,

@@ -2,13 +2,18 @@
 //! meta-training characters must lift 5-way accuracy on *held-out* characters far above the 20%
 //! of chance — a bar a broken learner cannot pass. Reads the data through the same loader users
 //! run, from `METALEARN_DATA` (CI: `../shared/data`); skipped loudly without it.
+//!
+//! Each test body is generic over the backend: the same runs execute on the default CPU backend
+//! and, with the `wgpu` feature, on burn-wgpu (lavapipe in CI).
 #![allow(clippy::unwrap_used)]
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use metalearn_core::backend::Cpu as B;
+use burn::tensor::backend::Backend;
+use metalearn_core::backend::Cpu;
 use metalearn_core::learner::MetaLearner;
 use metalearn_core::{params, SeedStream, TaskDistribution};
+use metalearn_eval::meta_test_final;
 use metalearn_tasks::{
     ClassBatches, NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig,
 };
@@ -19,8 +24,6 @@ use metalearn_update::{
 use metalearn_zoo::{Conv4, Conv4Config};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-
-type AB = Autodiff<B>;
 
 struct Data {
     train: Arc<OmniglotClasses>,
@@ -50,26 +53,31 @@ fn data() -> Option<&'static Data> {
     })
 }
 
-fn conv4(ways: usize) -> Conv4<AB> {
+fn conv4<B: Backend>(ways: usize) -> Conv4<Autodiff<B>> {
     Conv4Config::new(ways)
         .with_filters(32)
-        .init::<AB>(7, &Default::default())
+        .init::<Autodiff<B>>(7, &Default::default())
         .unwrap()
 }
 
-/// Mean held-out 5-way 1-shot query accuracy after `steps` adaptation steps.
-fn held_out_accuracy<L: MetaLearner<4>>(learner: &L, steps: usize) -> f64 {
+/// Mean held-out 5-way 1-shot query accuracy after `steps` adaptation steps (40 episodes).
+fn held_out_accuracy<L: MetaLearner<4> + Sync>(learner: &L, steps: usize) -> f64 {
     let d = data().unwrap();
     let tasks = NWayKShot::new(d.test.clone(), NWayKShotConfig::new(5, 1, 5)).unwrap();
-    let n = 40;
-    (0..n)
-        .map(|i| {
-            let ep = tasks.sample(SeedStream::new(77).child(i).seed()).unwrap();
-            let curve = learner.adaptation_curve(&ep, steps).unwrap();
-            curve.last().unwrap().accuracy.unwrap()
-        })
-        .sum::<f64>()
-        / n as f64
+    let curve = meta_test_final(learner, &tasks, 40, steps, SeedStream::new(77)).unwrap();
+    let point = &curve.points[0];
+    assert_eq!(point.steps, steps);
+    // The one-pass evaluation is the last point of the per-step curve.
+    let ep = tasks.sample(SeedStream::new(77).child(0).seed()).unwrap();
+    let last = *learner
+        .adaptation_curve(&ep, steps)
+        .unwrap()
+        .last()
+        .unwrap();
+    let once = learner.evaluate(&ep, steps).unwrap();
+    assert_eq!(once.accuracy, last.accuracy);
+    assert!((once.loss - last.loss).abs() <= 1e-5 * last.loss.abs().max(1.0));
+    point.accuracy.unwrap().mean
 }
 
 fn train<L: MetaLearner<4>>(name: &str, learner: &mut L, iterations: usize, shots: usize) {
@@ -85,6 +93,11 @@ fn train<L: MetaLearner<4>>(name: &str, learner: &mut L, iterations: usize, shot
     );
 }
 
+/// `name` and the backend it runs on.
+fn tag<B: Backend>(name: &str) -> String {
+    format!("{name} [{}]", B::name(&Default::default()))
+}
+
 fn check(name: &str, before: f64, after: f64) {
     eprintln!("{name}: held-out 5-way 1-shot accuracy {before:.3} -> {after:.3}");
     assert!(
@@ -94,8 +107,7 @@ fn check(name: &str, before: f64, after: f64) {
     assert!(after > before + 0.1, "{name}: {before} -> {after}");
 }
 
-#[test]
-fn omniglot_real_data_fomaml_and_maml_learn() {
+fn fomaml_and_maml<B: Backend>() {
     if data().is_none() {
         return;
     }
@@ -105,15 +117,15 @@ fn omniglot_real_data_fomaml_and_maml_learn() {
             .with_meta_batch_size(4)
             .with_outer_lr(3e-3)
             .with_second_order(second);
-        let mut m = Maml::new(cfg, conv4(5), Default::default()).unwrap();
+        let mut m = Maml::<B, _, 4>::new(cfg, conv4::<B>(5), Default::default()).unwrap();
         let before = held_out_accuracy(&m, 3);
-        train(name, &mut m, 60, 1);
-        check(name, before, held_out_accuracy(&m, 3));
+        let name = tag::<B>(name);
+        train(&name, &mut m, 60, 1);
+        check(&name, before, held_out_accuracy(&m, 3));
     }
 }
 
-#[test]
-fn omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
+fn anil<B: Backend>() {
     if data().is_none() {
         return;
     }
@@ -121,10 +133,10 @@ fn omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
         .with_inner_lr(0.4)
         .with_meta_batch_size(4)
         .with_outer_lr(3e-3);
-    let mut m = Maml::new(cfg, conv4(5), Default::default()).unwrap();
+    let mut m = Maml::<B, _, 4>::new(cfg, conv4::<B>(5), Default::default()).unwrap();
     let before = held_out_accuracy(&m, 5);
-    train("ANIL", &mut m, 60, 1);
-    check("ANIL", before, held_out_accuracy(&m, 5));
+    train(&tag::<B>("ANIL"), &mut m, 60, 1);
+    check(&tag::<B>("ANIL"), before, held_out_accuracy(&m, 5));
     // The inner loop changes only the head: the last two parameter tensors.
     let d = data().unwrap();
     let tasks = NWayKShot::new(d.test.clone(), NWayKShotConfig::new(5, 1, 5)).unwrap();
@@ -136,8 +148,7 @@ fn omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
     assert!(change[n - 2] > 0.0);
 }
 
-#[test]
-fn omniglot_real_data_meta_sgd_learns_its_rates() {
+fn meta_sgd<B: Backend>() {
     if data().is_none() {
         return;
     }
@@ -146,7 +157,7 @@ fn omniglot_real_data_meta_sgd_learns_its_rates() {
         .with_meta_batch_size(4)
         .with_outer_lr(3e-3)
         .with_second_order(false);
-    let mut m = MetaSgd::new(cfg, conv4(5), Default::default()).unwrap();
+    let mut m = MetaSgd::<B, _, 4>::new(cfg, conv4::<B>(5), Default::default()).unwrap();
     let d = data().unwrap();
     let tasks = NWayKShot::new(d.train.clone(), NWayKShotConfig::new(5, 1, 5)).unwrap();
     let eps: Vec<_> = (0..2).map(|s| tasks.sample(s).unwrap()).collect();
@@ -157,13 +168,12 @@ fn omniglot_real_data_meta_sgd_learns_its_rates() {
     );
     let rates_before = params::to_vec(m.rates());
     let before = held_out_accuracy(&m, 1);
-    train("Meta-SGD", &mut m, 60, 1);
-    check("Meta-SGD", before, held_out_accuracy(&m, 1));
+    train(&tag::<B>("Meta-SGD"), &mut m, 60, 1);
+    check(&tag::<B>("Meta-SGD"), before, held_out_accuracy(&m, 1));
     assert_ne!(rates_before, params::to_vec(m.rates()));
 }
 
-#[test]
-fn omniglot_real_data_reptile_learns() {
+fn reptile<B: Backend>() {
     if data().is_none() {
         return;
     }
@@ -171,41 +181,112 @@ fn omniglot_real_data_reptile_learns() {
         .with_meta_batch_size(4)
         .with_inner_steps(3)
         .with_anneal_to(50);
-    let mut m = Reptile::new(cfg, conv4(5), Default::default()).unwrap();
+    let mut m = Reptile::<B, _, 4>::new(cfg, conv4::<B>(5), Default::default()).unwrap();
     // After one adaptation step: what Reptile's initialisation is for (a random initialisation
     // fine-tuned for 10 steps is already well above chance on Omniglot).
     let before = held_out_accuracy(&m, 1);
-    train("Reptile", &mut m, 50, 1);
-    check("Reptile", before, held_out_accuracy(&m, 1));
+    train(&tag::<B>("Reptile"), &mut m, 50, 1);
+    check(&tag::<B>("Reptile"), before, held_out_accuracy(&m, 1));
 }
 
-#[test]
-fn omniglot_real_data_protonet_learns() {
+fn protonet<B: Backend>() {
     if data().is_none() {
         return;
     }
-    let mut m = ProtoNet::new(ProtoNetConfig::new(), conv4(5), Default::default()).unwrap();
+    let mut m =
+        ProtoNet::<B, _, 4>::new(ProtoNetConfig::new(), conv4::<B>(5), Default::default()).unwrap();
     let before = held_out_accuracy(&m, 0);
-    train("ProtoNet", &mut m, 100, 5);
-    check("ProtoNet", before, held_out_accuracy(&m, 0));
+    train(&tag::<B>("ProtoNet"), &mut m, 100, 5);
+    check(&tag::<B>("ProtoNet"), before, held_out_accuracy(&m, 0));
 }
 
-#[test]
-fn omniglot_real_data_pretrain_finetune_learns() {
+fn finetune<B: Backend>() {
     if data().is_none() {
         return;
     }
     let d = data().unwrap();
     let classes = metalearn_tasks::ClassDataset::num_classes(d.train.as_ref());
-    let mut m = FineTune::new(FineTuneConfig::new(), conv4(classes), Default::default()).unwrap();
+    let mut m = FineTune::<B, _, 4>::new(
+        FineTuneConfig::new(),
+        conv4::<B>(classes),
+        Default::default(),
+    )
+    .unwrap();
     let before = held_out_accuracy(&m, 50);
     let batches = ClassBatches::new(d.train.clone(), 32).unwrap();
     let t = Instant::now();
     m.meta_train(&batches, 100, SeedStream::new(2), &mut |_| true)
         .unwrap();
     eprintln!(
-        "FineTune: 100 iterations in {:.1} s",
+        "{}: 100 iterations in {:.1} s",
+        tag::<B>("FineTune"),
         t.elapsed().as_secs_f64()
     );
-    check("FineTune", before, held_out_accuracy(&m, 50));
+    check(&tag::<B>("FineTune"), before, held_out_accuracy(&m, 50));
+}
+
+#[test]
+fn omniglot_real_data_fomaml_and_maml_learn() {
+    fomaml_and_maml::<Cpu>();
+}
+
+#[test]
+fn omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
+    anil::<Cpu>();
+}
+
+#[test]
+fn omniglot_real_data_meta_sgd_learns_its_rates() {
+    meta_sgd::<Cpu>();
+}
+
+#[test]
+fn omniglot_real_data_reptile_learns() {
+    reptile::<Cpu>();
+}
+
+#[test]
+fn omniglot_real_data_protonet_learns() {
+    protonet::<Cpu>();
+}
+
+#[test]
+fn omniglot_real_data_pretrain_finetune_learns() {
+    finetune::<Cpu>();
+}
+
+/// The same short runs on burn-wgpu (lavapipe in CI).
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use metalearn_core::backend::Gpu;
+
+    #[test]
+    fn wgpu_omniglot_real_data_fomaml_and_maml_learn() {
+        super::fomaml_and_maml::<Gpu>();
+    }
+
+    #[test]
+    fn wgpu_omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
+        super::anil::<Gpu>();
+    }
+
+    #[test]
+    fn wgpu_omniglot_real_data_meta_sgd_learns_its_rates() {
+        super::meta_sgd::<Gpu>();
+    }
+
+    #[test]
+    fn wgpu_omniglot_real_data_reptile_learns() {
+        super::reptile::<Gpu>();
+    }
+
+    #[test]
+    fn wgpu_omniglot_real_data_protonet_learns() {
+        super::protonet::<Gpu>();
+    }
+
+    #[test]
+    fn wgpu_omniglot_real_data_pretrain_finetune_learns() {
+        super::finetune::<Gpu>();
+    }
 }

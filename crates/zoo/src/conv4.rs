@@ -96,7 +96,8 @@ impl Conv4Config {
     }
 }
 
-/// Conv blocks (conv → batch norm → ReLU → 2×2 max-pool) and a linear head.
+/// Conv blocks (conv → batch norm → ReLU → 2×2 max-pool, computed as pool then ReLU) and a
+/// linear head.
 #[derive(Module, Debug)]
 pub struct Conv4<B: Backend> {
     /// Convolutions, one per block.
@@ -107,12 +108,18 @@ pub struct Conv4<B: Backend> {
     pub head: Dense<B>,
 }
 
+/// conv → batch norm → 2×2 max-pool → ReLU. ReLU is monotone, so it commutes with max-pooling:
+/// the same function as the usual conv → BN → ReLU → pool, with ReLU on a 4× smaller tensor.
+fn block<B: Backend>(conv: &Conv2d<B>, norm: &BatchNorm2d<B>, h: Tensor<B, 4>) -> Tensor<B, 4> {
+    relu(max_pool2x2(norm.forward(conv.forward(h))))
+}
+
 impl<B: Backend> Conv4<B> {
     /// The flattened embedding `[n, embedding_dim]` (body output).
     pub fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut h = x;
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            h = max_pool2x2(relu(norm.forward(conv.forward(h))));
+            h = block(conv, norm, h);
         }
         let n = h.dims()[0];
         h.reshape([n as i32, -1])
@@ -141,7 +148,7 @@ impl<B: Backend> Conv4<B> {
         let mut out = Vec::with_capacity(self.convs.len() + 1);
         let mut h = x;
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            h = max_pool2x2(relu(norm.forward(conv.forward(h))));
+            h = block(conv, norm, h);
             let n = h.dims()[0];
             out.push(h.clone().reshape([n as i32, -1]));
         }
@@ -166,6 +173,7 @@ impl<B: Backend> MetaModule<B, 4> for Conv4<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
     use metalearn_core::backend::NdArrayCpu as B;
 
     #[test]
@@ -207,5 +215,52 @@ mod tests {
         let y = max_pool2x2(x);
         assert_eq!(y.dims(), [1, 1, 1, 1]);
         assert_eq!(y.into_data().iter::<f32>().next(), Some(4.0));
+    }
+
+    #[test]
+    fn max_pool_matches_brute_force_on_odd_sizes() {
+        let d = Default::default();
+        let (n, c, h, w) = (2, 3, 7, 5);
+        let v: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [n, c, h, w]), &d);
+        // Both paths: untracked (inference) and tracked (training, gather at the argmax).
+        let untracked: Vec<f32> = max_pool2x2(x.clone()).into_data().iter::<f32>().collect();
+        let xa =
+            Tensor::<burn::backend::Autodiff<B>, 4>::from_data(x.into_data(), &d).require_grad();
+        let y = max_pool2x2(xa);
+        assert_eq!(y.dims(), [n, c, 3, 2]);
+        let got: Vec<f32> = y.into_data().iter::<f32>().collect();
+        assert_eq!(untracked, got);
+        let mut want = Vec::new();
+        for b in 0..n * c {
+            for i in 0..3 {
+                for j in 0..2 {
+                    let at = |di: usize, dj: usize| v[b * h * w + (2 * i + di) * w + 2 * j + dj];
+                    want.push(at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1)));
+                }
+            }
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_to_the_argmax() {
+        use burn::backend::Autodiff;
+        let d = Default::default();
+        let x = Tensor::<Autodiff<B>, 4>::from_floats(
+            [[[[1.0, 2.0, 5.0], [3.0, 4.0, 6.0], [7.0, 8.0, 9.0]]]],
+            &d,
+        )
+        .require_grad();
+        let grads = max_pool2x2(x.clone()).sum().backward();
+        let g: Vec<f32> = x
+            .grad(&grads)
+            .expect("grad")
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        assert_eq!(g, vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }

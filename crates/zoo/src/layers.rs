@@ -2,7 +2,7 @@
 //!
 //! burn 0.21's `nn::Linear::forward` (fused linear) and `nn::pool::MaxPool2d`/`AvgPool2d` panic
 //! in a double backward ("Can't differentiate …"), so [`Dense`] is matmul + bias and
-//! [`max_pool2x2`] is reshape + `max_dim`. burn's `nn::BatchNorm` broadcasts `[1, C, 1, 1]` over
+//! [`max_pool2x2`] gathers the input at the argmax of burn's pooling kernel. burn's `nn::BatchNorm` broadcasts `[1, C, 1, 1]` over
 //! `[N, C, H, W]`, which misses burn-flex's fast path; [`batch_norm_train`] repeats per-channel
 //! statistics to `[N, C, 1, 1]` instead (measured ~3× faster for Conv4 forward + backward).
 
@@ -147,18 +147,39 @@ pub fn batch_norm_train<B: Backend>(
     centered * scale + shift
 }
 
-/// 2×2 max-pooling with stride 2 via reshape (nests under double autodiff; odd trailing rows and
-/// columns are dropped, like PyTorch's floor mode).
+/// 2×2 max-pooling with stride 2 (odd trailing rows and columns are dropped, like PyTorch's
+/// floor mode) that nests under double autodiff.
+///
+/// burn's pooling kernel finds the argmax on a detached copy; the values are then a `gather` of
+/// the input at those positions, whose backward (a scatter-add, itself differentiable) is what
+/// autodiff sees. Measured on burn-flex (80 × 64 × 28 × 28, forward + backward): ~2× faster than
+/// the reshape + `max_dim` formulation it replaces.
+/// Untracked inputs (inference) take a reshape + `max_dim` path instead, whose forward pass is
+/// faster still.
 pub fn max_pool2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     let (h2, w2) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.slice([0..n, 0..c, 0..h2 * 2, 0..w2 * 2])
-    } else {
-        x
-    };
-    x.reshape([n, c, h2, 2, w2, 2])
-        .max_dim(5)
-        .max_dim(3)
+    if !x.is_require_grad() {
+        let x = if h % 2 == 1 || w % 2 == 1 {
+            x.slice([0..n, 0..c, 0..h2 * 2, 0..w2 * 2])
+        } else {
+            x
+        };
+        return x
+            .reshape([n, c, h2, 2, w2, 2])
+            .max_dim(5)
+            .max_dim(3)
+            .reshape([n, c, h2, w2]);
+    }
+    let (_, argmax) = burn::tensor::module::max_pool2d_with_indices(
+        x.clone().detach(),
+        [2, 2],
+        [2, 2],
+        [0, 0],
+        [1, 1],
+        false,
+    );
+    x.reshape([n, c, h * w])
+        .gather(2, argmax.reshape([n, c, h2 * w2]))
         .reshape([n, c, h2, w2])
 }
