@@ -94,10 +94,9 @@ impl Budget {
             }
         } else {
             Self {
-                // Sized from measured times on 2 cores: the 5-way half of an earlier default
-                // (150 MAML-family iterations, 60 Reptile iterations, 200 test episodes) took
-                // 53 min while other jobs shared the cores, so 20-way models train for a quarter
-                // of the iterations and 100 test episodes are scored per setting.
+                // Measured end to end on 2 CPU cores (flex, nothing else running): 54 min for
+                // the whole suite (20-way models at a quarter of the iterations, 100 test
+                // episodes per setting).
                 name: "default",
                 maml_iterations: 150,
                 meta_batch: 4,
