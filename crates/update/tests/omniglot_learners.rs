@@ -302,9 +302,11 @@ fn omniglot_real_data_pretrain_finetune_learns() {
 }
 
 /// The same short runs on burn-wgpu, at [`SMALL`] scale. Not part of the default test run: on
-/// the software Vulkan driver CI has (lavapipe, 2 cores) they take ~20 minutes (measured: ANIL
-/// and FOMAML 195 s each for their 60 meta-iterations, 0.35 → 0.55 and 0.32 → 0.48 held-out
-/// accuracy). Run them on a machine with a GPU:
+/// the software Vulkan driver CI has (lavapipe, 2 cores) they take ~12 minutes one at a time and
+/// ~3× longer two at a time (measured, one at a time: FOMAML 62 s, MAML 97 s, Meta-SGD 66 s,
+/// fine-tune 113 s, ProtoNet 32 s, Reptile 145 s of training; held-out accuracy FOMAML
+/// 0.32 → 0.48, MAML 0.32 → 0.63, ANIL 0.35 → 0.55, Meta-SGD 0.29 → 0.59, fine-tune
+/// 0.34 → 0.55, ProtoNet 0.35 → 0.65, Reptile 0.29 → 0.59). Run them on a machine with a GPU:
 /// `cargo test -p metalearn-update --all-features --test omniglot_learners -- --ignored`.
 /// CI checks the GPU path with `tests/wgpu.rs` (every learner's meta-step and an 8-step
 /// training run against burn-ndarray).
@@ -313,37 +315,37 @@ mod wgpu {
     use metalearn_core::backend::Gpu;
 
     #[test]
-    #[ignore = "~3 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
     fn wgpu_omniglot_real_data_fomaml_and_maml_learn() {
         super::fomaml_and_maml::<Gpu>(super::SMALL);
     }
 
     #[test]
-    #[ignore = "~3 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
     fn wgpu_omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
         super::anil::<Gpu>(super::SMALL);
     }
 
     #[test]
-    #[ignore = "~3 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
     fn wgpu_omniglot_real_data_meta_sgd_learns_its_rates() {
         super::meta_sgd::<Gpu>(super::SMALL);
     }
 
     #[test]
-    #[ignore = "~3 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
     fn wgpu_omniglot_real_data_reptile_learns() {
         super::reptile::<Gpu>(super::SMALL);
     }
 
     #[test]
-    #[ignore = "~3 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
     fn wgpu_omniglot_real_data_protonet_learns() {
         super::protonet::<Gpu>(super::SMALL);
     }
 
     #[test]
-    #[ignore = "~3 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
     fn wgpu_omniglot_real_data_pretrain_finetune_learns() {
         super::finetune::<Gpu>(super::SMALL);
     }
