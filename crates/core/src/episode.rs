@@ -20,6 +20,32 @@ pub enum TaskKind {
     },
 }
 
+impl TaskKind {
+    /// "5-way classification" or "regression".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Regression => "regression".into(),
+            Self::Classification { ways } => format!("{ways}-way classification"),
+        }
+    }
+}
+
+/// Check a meta-batch: not empty, every episode valid, all of the same kind; returns the kind.
+pub fn check_meta_batch(episodes: &[EpisodeData]) -> Result<TaskKind> {
+    let kind = episodes.first().ok_or(Error::Empty("meta-batch"))?.kind;
+    for (i, e) in episodes.iter().enumerate() {
+        e.validate()?;
+        if e.kind != kind {
+            return Err(Error::ShapeMismatch(format!(
+                "episode {i} of the meta-batch is {} but episode 0 is {}",
+                e.kind.describe(),
+                kind.describe()
+            )));
+        }
+    }
+    Ok(kind)
+}
+
 /// One labelled set (support or query) on the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostBatch {
@@ -147,6 +173,86 @@ pub struct EpisodeData {
 }
 
 impl EpisodeData {
+    /// Check that the episode is usable: support and query sets hold at least one example
+    /// each, share the example shape and target width, and agree with `kind` (classification:
+    /// labels present, one-hot targets `ways` wide; regression: no labels).
+    pub fn validate(&self) -> Result<()> {
+        if self.support.is_empty() {
+            return Err(Error::Empty("episode support set (0 examples)"));
+        }
+        if self.query.is_empty() {
+            return Err(Error::Empty("episode query set (0 examples)"));
+        }
+        self.support.check()?;
+        self.query.check()?;
+        if self.support.input_shape.get(1..) != self.query.input_shape.get(1..) {
+            return Err(Error::ShapeMismatch(format!(
+                "support examples have shape {:?} but query examples {:?}",
+                &self.support.input_shape[1..],
+                self.query.input_shape.get(1..).unwrap_or(&[])
+            )));
+        }
+        if self.support.target_dim != self.query.target_dim {
+            return Err(Error::ShapeMismatch(format!(
+                "support targets are {} wide but query targets {}",
+                self.support.target_dim, self.query.target_dim
+            )));
+        }
+        for (name, b) in [("support", &self.support), ("query", &self.query)] {
+            match (self.kind, &b.labels) {
+                (TaskKind::Regression, Some(_)) => {
+                    return Err(Error::ShapeMismatch(format!(
+                        "a regression episode whose {name} set has class labels"
+                    )))
+                }
+                (TaskKind::Classification { ways }, None) => {
+                    return Err(Error::ShapeMismatch(format!(
+                        "a {ways}-way classification episode whose {name} set has no labels"
+                    )))
+                }
+                (TaskKind::Classification { ways }, Some(labels)) => {
+                    if b.target_dim != ways {
+                        return Err(Error::ShapeMismatch(format!(
+                            "a {ways}-way episode whose {name} targets are {} wide",
+                            b.target_dim
+                        )));
+                    }
+                    if labels.len() != b.len() || labels.iter().any(|&l| l >= ways) {
+                        return Err(Error::ShapeMismatch(format!(
+                            "{name} labels do not fit {} examples of {ways} classes",
+                            b.len()
+                        )));
+                    }
+                }
+                (TaskKind::Regression, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Check that the inputs have rank `rank` (batch dimension included).
+    pub fn check_rank(&self, rank: usize) -> Result<()> {
+        if self.support.input_shape.len() != rank {
+            return Err(Error::ShapeMismatch(format!(
+                "model takes rank-{rank} inputs but the episode's inputs have shape {:?}",
+                self.support.input_shape
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check a model's output width against the targets (`None`: unknown, accepted).
+    pub fn check_width(&self, width: Option<usize>) -> Result<()> {
+        match width {
+            Some(w) if w != self.support.target_dim => Err(Error::ShapeMismatch(format!(
+                "the model gives {w} outputs but the episode needs {} ({})",
+                self.support.target_dim,
+                self.kind.describe()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Tensors on backend `B`.
     pub fn to_episode<B: Backend, const D: usize>(
         &self,

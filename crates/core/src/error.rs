@@ -30,6 +30,15 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
+    /// An adaptation's loss became NaN or infinite (inner step size too large for the task,
+    /// inputs out of range): its metrics would be meaningless.
+    #[error("adaptation diverged at inner step {step}: loss {value}")]
+    AdaptationDiverged {
+        /// Inner steps taken when the loss was measured.
+        step: usize,
+        /// The offending value.
+        value: f64,
+    },
     /// Reading or writing a file failed.
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -41,6 +50,18 @@ pub enum Error {
     /// (De)serialisation failed.
     #[error("serialisation error: {0}")]
     Serde(String),
+    /// A worker thread pool could not be built.
+    #[error("thread pool: {0}")]
+    ThreadPool(String),
+    /// A task (an episode's gradient, an adaptation, a candidate's evaluation) panicked inside
+    /// burn; the learner's state was left unchanged.
+    #[error("a task panicked: {message}{hint}")]
+    TaskPanicked {
+        /// The panic's message.
+        message: String,
+        /// The likely cause and its fix, when known (empty otherwise).
+        hint: String,
+    },
 }
 
 /// Result alias using [`Error`].
@@ -52,6 +73,27 @@ impl Error {
         Self::InvalidConfig {
             field,
             reason: reason.into(),
+        }
+    }
+}
+
+/// Hint appended to panics raised by ops that burn 0.21 cannot differentiate twice.
+pub const SECOND_ORDER_HINT: &str = " (burn 0.21 cannot differentiate this op twice, as exact \
+second-order MAML needs: replace `nn::Linear` with `metalearn_zoo::Dense`, `nn::pool::MaxPool2d` \
+/ `AvgPool2d` with `metalearn_zoo::max_pool2x2`, avoid `nn::Embedding` and deformable \
+convolutions, or train first order)";
+
+impl Error {
+    /// [`Error::TaskPanicked`] for a panic `message`, with a hint when the cause is known.
+    pub fn panicked(message: &str) -> Self {
+        let hint = if message.contains("differentiate") {
+            SECOND_ORDER_HINT.to_string()
+        } else {
+            String::new()
+        };
+        Self::TaskPanicked {
+            message: message.to_string(),
+            hint,
         }
     }
 }

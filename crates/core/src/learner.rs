@@ -70,7 +70,8 @@ pub trait MetaLearner<const D: usize> {
         seed: SeedStream,
         on_step: &mut dyn FnMut(&StepStats) -> bool,
     ) -> Result<Vec<StepStats>> {
-        let mut history = Vec::with_capacity(iterations);
+        // No `with_capacity(iterations)`: "run until the callback says stop" passes `usize::MAX`.
+        let mut history = Vec::new();
         for i in 0..iterations {
             let it = seed.child(i as u64);
             let batch = (0..self.meta_batch_size())
@@ -93,5 +94,20 @@ pub fn check_finite(iteration: usize, value: f64) -> Result<f64> {
         Ok(value)
     } else {
         Err(Error::Diverged { iteration, value })
+    }
+}
+
+/// Fail with [`Error::Diverged`] when a parameter of `model` is not finite (checked after every
+/// update, so a step that overflows is refused and the old parameters are kept).
+pub fn check_finite_model<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    iteration: usize,
+    model: &M,
+) -> Result<()> {
+    match crate::params::to_vec(model)
+        .into_iter()
+        .find(|v| !v.is_finite())
+    {
+        Some(value) => Err(Error::Diverged { iteration, value }),
+        None => Ok(()),
     }
 }

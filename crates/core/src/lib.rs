@@ -30,6 +30,7 @@ pub mod error;
 pub mod learner;
 pub mod loss;
 pub mod model;
+pub mod parallel;
 pub mod params;
 pub mod seed;
 pub mod stats;
@@ -40,4 +41,5 @@ pub use learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 pub use model::{
     BatchedMetaTrainable, EmbeddingModule, MetaModule, MetaTrainable, TaskBatchedModule,
 };
+pub use parallel::TaskPool;
 pub use seed::SeedStream;

@@ -1,6 +1,6 @@
 //! Task losses and metrics, written from primitive ops so that they can be differentiated twice.
 
-use crate::TaskKind;
+use crate::{Error, Result, TaskKind};
 use burn::tensor::{activation::log_softmax, backend::Backend, Tensor};
 
 /// Mean squared error over all elements: `mean((o − t)²)`.
@@ -19,16 +19,24 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) ->
         .mul_scalar(-1.0 / n as f64)
 }
 
-/// The loss a task of `kind` is trained with.
+/// The loss a task of `kind` is trained with. Outputs and targets must have the same shape
+/// (no broadcasting: a 1-wide output against 3-wide targets is an error, not a silent mean).
 pub fn task_loss<B: Backend>(
     kind: TaskKind,
     outputs: Tensor<B, 2>,
     targets: Tensor<B, 2>,
-) -> Tensor<B, 1> {
-    match kind {
+) -> Result<Tensor<B, 1>> {
+    let (o, t) = (outputs.dims(), targets.dims());
+    if o != t {
+        return Err(Error::ShapeMismatch(format!(
+            "the model gives outputs of shape {o:?} but the {} targets have shape {t:?}",
+            kind.describe()
+        )));
+    }
+    Ok(match kind {
         TaskKind::Regression => mse(outputs, targets),
         TaskKind::Classification { .. } => cross_entropy(outputs, targets),
-    }
+    })
 }
 
 /// Fraction of rows whose arg-max equals the label.

@@ -31,6 +31,33 @@ use burn::tensor::{backend::Backend, Tensor};
 pub trait MetaModule<B: Backend, const D: usize>: Module<B> {
     /// Forward pass on a batch: `[batch, ...] -> [batch, outputs]`.
     fn forward(&self, inputs: Tensor<B, D>) -> Tensor<B, 2>;
+
+    /// The output width this model gives for examples of shape `example` (one example's
+    /// dimensions, without the batch dimension), or [`Error::ShapeMismatch`](crate::Error)
+    /// naming what does not fit (input width, channels, image size).
+    ///
+    /// Learners call it before the first burn op of every episode, so data of the wrong shape is
+    /// a typed error instead of a panic inside burn. The default knows nothing (`Ok(None)`):
+    /// the output width is then checked after the forward pass, and an input burn cannot take
+    /// surfaces as burn's panic, caught and returned as
+    /// [`Error::TaskPanicked`](crate::Error::TaskPanicked).
+    fn output_width(&self, example: &[usize]) -> crate::Result<Option<usize>> {
+        let _ = example;
+        Ok(None)
+    }
+}
+
+/// Check `episode` against `model` before any burn op: the episode itself
+/// ([`EpisodeData::validate`](crate::episode::EpisodeData::validate)), the input rank `D`, and
+/// the model's input shape and output width ([`MetaModule::output_width`]).
+pub fn check_episode<B: Backend, M: MetaModule<B, D>, const D: usize>(
+    model: &M,
+    episode: &crate::episode::EpisodeData,
+) -> crate::Result<()> {
+    episode.validate()?;
+    episode.check_rank(D)?;
+    let width = model.output_width(&episode.support.input_shape[1..])?;
+    episode.check_width(width)
 }
 
 /// A model that can run `T` tasks at once with per-task ("fast") weights stacked along a leading
@@ -90,6 +117,23 @@ impl<B: Backend, T> BatchedMetaTrainable<B> for T where
 pub trait EmbeddingModule<B: Backend, const D: usize>: Module<B> {
     /// `[batch, ...] -> [batch, embedding_dim]`.
     fn embed(&self, inputs: Tensor<B, D>) -> Tensor<B, 2>;
+
+    /// Check that the body takes examples of shape `example` (without the batch dimension);
+    /// see [`MetaModule::output_width`]. The default accepts everything.
+    fn check_embed_input(&self, example: &[usize]) -> crate::Result<()> {
+        let _ = example;
+        Ok(())
+    }
+}
+
+/// [`check_episode`] for an embedding model (no output width to match).
+pub fn check_embed_episode<B: Backend, M: EmbeddingModule<B, D>, const D: usize>(
+    model: &M,
+    episode: &crate::episode::EpisodeData,
+) -> crate::Result<()> {
+    episode.validate()?;
+    episode.check_rank(D)?;
+    model.check_embed_input(&episode.support.input_shape[1..])
 }
 
 /// Outputs for `query` computed *non-transductively*: each query example goes through the

@@ -2,9 +2,9 @@
 
 use crate::Result;
 use metalearn_core::learner::{AdaptationCurve, MetaLearner};
+use metalearn_core::parallel::TaskPool;
 use metalearn_core::stats::Summary;
 use metalearn_core::{Error, SeedStream, TaskDistribution};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Summary of the query metrics after a number of adaptation steps.
@@ -62,10 +62,11 @@ impl StepsCurve {
 /// Adapt `learner` to `n_tasks` fresh tasks drawn from `tasks` with seeds
 /// `seed.child(0..n_tasks)` and summarise the query metrics after 0..=`max_steps` steps.
 ///
-/// Tasks are adapted in parallel on rayon's global pool (each task is independent and the
-/// results are gathered in task order, so the numbers do not depend on the number of threads).
-/// CPU backends run one small task per thread faster than they spread one task's small ops over
-/// threads: on 2 cores this halves the time of a test run.
+/// Tasks are adapted in parallel, one per core, each on its own exclusive lane
+/// ([`TaskPool`]; never on rayon's global pool, so this cannot deadlock against backward passes
+/// running elsewhere), and gathered in task order, so the numbers do not depend on the number of
+/// threads. CPU backends run one small task per thread faster than they spread one task's small
+/// ops over threads: on 2 cores this halves the time of a test run.
 pub fn meta_test<L: MetaLearner<D> + Sync, const D: usize>(
     learner: &L,
     tasks: &dyn TaskDistribution,
@@ -76,13 +77,10 @@ pub fn meta_test<L: MetaLearner<D> + Sync, const D: usize>(
     if n_tasks == 0 {
         return Err(Error::config("n_tasks", "must be at least 1").into());
     }
-    let curves = (0..n_tasks)
-        .into_par_iter()
-        .map(|i| {
-            let ep = tasks.sample(seed.child(i as u64).seed())?;
-            learner.adaptation_curve(&ep, max_steps)
-        })
-        .collect::<metalearn_core::Result<Vec<_>>>()?;
+    let curves = TaskPool::default().map((0..n_tasks).collect(), |_, i| {
+        let ep = tasks.sample(seed.child(i as u64).seed())?;
+        learner.adaptation_curve(&ep, max_steps)
+    })?;
     StepsCurve::from_curves(&curves)
 }
 
@@ -102,12 +100,9 @@ pub fn meta_test_final<L: MetaLearner<D> + Sync, const D: usize>(
     if n_tasks == 0 {
         return Err(Error::config("n_tasks", "must be at least 1").into());
     }
-    let points = (0..n_tasks)
-        .into_par_iter()
-        .map(|i| {
-            let ep = tasks.sample(seed.child(i as u64).seed())?;
-            Ok(vec![learner.evaluate(&ep, steps)?])
-        })
-        .collect::<metalearn_core::Result<Vec<_>>>()?;
+    let points = TaskPool::default().map((0..n_tasks).collect(), |_, i| {
+        let ep = tasks.sample(seed.child(i as u64).seed())?;
+        Ok(vec![learner.evaluate(&ep, steps)?])
+    })?;
     StepsCurve::from_curves(&points)
 }

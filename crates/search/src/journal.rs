@@ -23,6 +23,14 @@ pub struct Record {
     pub wall_seconds: f64,
     /// The seed its evaluation used.
     pub seed: u64,
+    /// Why the evaluation failed (its adaptation diverged, burn panicked); its score is then
+    /// [`FAILED_SCORE`](crate::FAILED_SCORE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The [`SearchConfig::parallel`](crate::SearchConfig) of the search that wrote it (checked
+    /// on resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<usize>,
 }
 
 /// An open journal.

@@ -52,6 +52,6 @@ pub use journal::{Journal, Record};
 pub use objective::{
     MetaMethod, MetaObjective, MetaObjectiveConfig, Objective, SupervisedObjective,
 };
-pub use search::{run_search, SearchConfig, SearchResult};
+pub use search::{is_failure, run_search, SearchConfig, SearchResult, FAILED_SCORE};
 pub use space::{Architecture, Condition, Constraint, Decision, SearchSpace, Value};
 pub use strategy::{RandomSearch, RegularizedEvolution, Reinforce, ReinforceConfig, Strategy};

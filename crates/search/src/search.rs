@@ -6,11 +6,38 @@ use crate::objective::Objective;
 use crate::space::{Architecture, SearchSpace};
 use crate::strategy::Strategy;
 use crate::{Error, Result};
+use metalearn_core::parallel::TaskPool;
 use metalearn_core::SeedStream;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
+
+/// The score recorded for a candidate whose evaluation failed (its adaptation or meta-training
+/// diverged, its score was not finite, or burn panicked on it): the lowest finite `f64`, so it
+/// is never the best, survives the JSON journal, and the search goes on. The failure's reason
+/// is in [`Record::failure`].
+pub const FAILED_SCORE: f64 = f64::MIN;
+
+/// Whether `score` marks a failed evaluation ([`FAILED_SCORE`]).
+pub fn is_failure(score: f64) -> bool {
+    score <= FAILED_SCORE
+}
+
+/// Whether an objective's error is the candidate's own failure (recorded with
+/// [`FAILED_SCORE`]) rather than a problem of the search (bad data, I/O), which stops it.
+fn candidate_failure(e: &Error) -> Option<String> {
+    use metalearn_core::Error as C;
+    let core = match e {
+        Error::Score(s) => return Some(format!("score {s} is not finite")),
+        Error::Core(c) | Error::Update(metalearn_update::Error::Core(c)) => c,
+        _ => return None,
+    };
+    matches!(
+        core,
+        C::Diverged { .. } | C::AdaptationDiverged { .. } | C::TaskPanicked { .. }
+    )
+    .then(|| core.to_string())
+}
 
 /// How long and how wide a search runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -23,6 +50,9 @@ pub struct SearchConfig {
     pub parallel: usize,
     /// Root seed of the evaluations: candidate `i` is evaluated with `SeedStream::new(seed).child(i)`.
     pub seed: u64,
+    /// Threads evaluating a round's candidates (0: one per core). Results do not depend on it.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 impl SearchConfig {
@@ -32,7 +62,13 @@ impl SearchConfig {
             evaluations,
             parallel: 1,
             seed,
+            threads: 0,
         }
+    }
+
+    /// Evaluate a round's candidates on `threads` threads (0: one per core).
+    pub fn with_threads(self, threads: usize) -> Self {
+        Self { threads, ..self }
     }
 
     /// Evaluate `parallel` candidates at once.
@@ -115,6 +151,28 @@ pub fn run_search(
             .collect::<Result<_>>()?;
         for (i, a) in &round {
             if let Some(r) = old.get(*i) {
+                let mismatch = |message: String| Error::Journal {
+                    path: journal
+                        .as_ref()
+                        .map_or(String::new(), |j| j.path().display().to_string()),
+                    line: i + 1,
+                    message,
+                };
+                if r.seed != seeds.child(*i as u64).seed() {
+                    return Err(mismatch(format!(
+                        "recorded with another `SearchConfig.seed` (candidate seed {} here, {} \
+                         in the journal): resume with the seed that started it",
+                        seeds.child(*i as u64).seed(),
+                        r.seed
+                    )));
+                }
+                if let Some(p) = r.parallel.filter(|&p| p != config.parallel) {
+                    return Err(mismatch(format!(
+                        "recorded by a search with `SearchConfig.parallel` = {p}, resumed with \
+                         {}: resume with the same `parallel`",
+                        config.parallel
+                    )));
+                }
                 if &r.architecture != a {
                     return Err(Error::Journal {
                         path: journal
@@ -135,25 +193,39 @@ pub fn run_search(
             .filter(|(i, _)| *i >= old.len())
             .cloned()
             .collect();
-        let evaluated: Vec<Result<Record>> = fresh
-            .into_par_iter()
-            .map(|(i, a)| {
+        let evaluated: Vec<Result<Record>> =
+            TaskPool::new(config.threads).map(fresh, |_, (i, a)| {
                 let seed = seeds.child(i as u64).seed();
                 let t = Instant::now();
-                let score = objective.evaluate(space, &a, seed)?;
-                if !score.is_finite() {
-                    return Err(Error::Score(score));
-                }
-                Ok(Record {
+                let outcome = metalearn_core::parallel::caught(|| {
+                    Ok(objective.evaluate(space, &a, seed).and_then(|s| {
+                        if s.is_finite() {
+                            Ok(s)
+                        } else {
+                            Err(Error::Score(s))
+                        }
+                    }))
+                })
+                .map_err(Error::from)
+                .and_then(|r| r);
+                let (score, failure) = match outcome {
+                    Ok(s) => (s, None),
+                    Err(e) => match candidate_failure(&e) {
+                        Some(why) => (FAILED_SCORE, Some(why)),
+                        None => return Ok(Err(e)),
+                    },
+                };
+                Ok(Ok(Record {
                     index: i,
                     label: space.label(&a),
                     architecture: a,
                     score,
                     wall_seconds: t.elapsed().as_secs_f64(),
                     seed,
-                })
-            })
-            .collect();
+                    failure,
+                    parallel: Some(config.parallel),
+                }))
+            })?;
         let mut evaluated = evaluated.into_iter();
         for (i, _) in &round {
             let r = match old.get(*i) {

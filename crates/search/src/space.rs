@@ -70,6 +70,7 @@ impl Value {
 
 /// A named categorical decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Decision {
     /// Unique name.
     pub name: String,
@@ -79,6 +80,7 @@ pub struct Decision {
 
 /// "`decision` takes one of `values`".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Condition {
     /// A decision's name.
     pub decision: String,
@@ -89,6 +91,7 @@ pub struct Condition {
 
 /// `if` ⇒ `then`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Constraint {
     /// Premise.
     #[serde(rename = "if")]
@@ -98,8 +101,10 @@ pub struct Constraint {
     pub then: Condition,
 }
 
-/// The space as written in a file.
+/// The space as written in a file (unknown keys are errors: a typo such as `[[constraint]]`
+/// must not silently drop every constraint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SpaceFile {
     decisions: Vec<Decision>,
     #[serde(default)]
@@ -123,7 +128,53 @@ impl Rule {
             _ => false,
         }
     }
+
+    /// Make `domains` arc-consistent with this rule; whether anything was removed.
+    fn prune(&self, domains: &mut [Vec<bool>]) -> bool {
+        let (a, b) = (self.if_decision, self.then_decision);
+        let mut changed = false;
+        if a == b {
+            for (v, on) in domains[a].iter_mut().enumerate() {
+                if *on && self.if_allowed[v] && !self.then_allowed[v] {
+                    *on = false;
+                    changed = true;
+                }
+            }
+            return changed;
+        }
+        // A value of `a` in the premise needs a value of `b` in the conclusion.
+        let b_can = domains[b]
+            .iter()
+            .zip(&self.then_allowed)
+            .any(|(on, ok)| *on && *ok);
+        if !b_can {
+            for (v, on) in domains[a].iter_mut().enumerate() {
+                if *on && self.if_allowed[v] {
+                    *on = false;
+                    changed = true;
+                }
+            }
+        }
+        // If every remaining value of `a` triggers the premise, `b` must be in the conclusion.
+        let a_forced = domains[a]
+            .iter()
+            .zip(&self.if_allowed)
+            .all(|(on, trig)| !*on || *trig);
+        if a_forced {
+            for (v, on) in domains[b].iter_mut().enumerate() {
+                if *on && !self.then_allowed[v] {
+                    *on = false;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
 }
+
+/// Search nodes a constraint check may visit before giving up ([`Error::InvalidSpace`]): with
+/// arc-consistency pruning, real spaces need a handful per decision.
+pub const MAX_SEARCH_NODES: usize = 1_000_000;
 
 /// An architecture: the index of the chosen value of every decision, in declaration order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,6 +186,8 @@ pub struct SearchSpace {
     decisions: Vec<Decision>,
     constraints: Vec<Constraint>,
     rules: Vec<Rule>,
+    /// The first valid architecture (found when the space is built).
+    first: Architecture,
 }
 
 impl SearchSpace {
@@ -149,6 +202,19 @@ impl SearchSpace {
             return bad("the space has no decisions".into());
         }
         for (i, d) in decisions.iter().enumerate() {
+            if d.name.trim().is_empty() {
+                return bad(format!("decision {} has an empty name", i + 1));
+            }
+            if let Some(v) = d
+                .choices
+                .iter()
+                .find(|v| matches!(v, Value::Float(x) if !x.is_finite()))
+            {
+                return bad(format!(
+                    "decision `{}` has a choice that is not a finite number: {v}",
+                    d.name
+                ));
+            }
             if d.choices.is_empty() {
                 return bad(format!("decision `{}` has no choices", d.name));
             }
@@ -203,14 +269,15 @@ impl SearchSpace {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let space = Self {
+        let mut space = Self {
             decisions,
             constraints,
             rules,
+            first: Architecture(Vec::new()),
         };
-        if space.first_valid().is_none() {
-            return bad("no architecture satisfies the constraints".into());
-        }
+        space.first = space.first_valid()?.ok_or_else(|| {
+            Error::InvalidSpace("no architecture satisfies the constraints".into())
+        })?;
         Ok(space)
     }
 
@@ -280,46 +347,95 @@ impl SearchSpace {
         !self.rules.iter().any(|r| r.violated(partial))
     }
 
-    /// Depth-first search for a completion of `partial` (decisions in order, choices in the order
-    /// given by `order(decision)`).
-    fn complete(
-        &self,
-        partial: &mut Vec<Option<usize>>,
-        at: usize,
-        order: &mut dyn FnMut(usize) -> Vec<usize>,
-    ) -> bool {
-        if at == self.decisions.len() {
-            return true;
-        }
-        if partial[at].is_some() {
-            return self.complete(partial, at + 1, order);
-        }
-        for c in order(at) {
-            partial[at] = Some(c);
-            if self.consistent(partial) && self.complete(partial, at + 1, order) {
+    /// Remove from `domains` every value that no value of a constrained neighbour supports
+    /// (arc consistency, to a fixpoint); `false` when a decision is left without a value.
+    fn propagate(&self, domains: &mut [Vec<bool>]) -> bool {
+        loop {
+            let mut changed = false;
+            for r in &self.rules {
+                changed |= r.prune(domains);
+            }
+            if domains.iter().any(|d| !d.contains(&true)) {
+                return false;
+            }
+            if !changed {
                 return true;
             }
         }
-        partial[at] = None;
-        false
     }
 
-    fn first_valid(&self) -> Option<Architecture> {
-        let mut p = vec![None; self.decisions.len()];
+    /// Depth-first search for an assignment within `domains` (decisions in order, choices in
+    /// the order given by `order(decision)`), maintaining arc consistency after every choice, so
+    /// that dead ends are seen early. `Ok(None)`: no assignment exists; `Err`: more than
+    /// [`MAX_SEARCH_NODES`] nodes visited.
+    fn complete(
+        &self,
+        domains: Vec<Vec<bool>>,
+        at: usize,
+        order: &mut dyn FnMut(usize) -> Vec<usize>,
+        budget: &mut usize,
+    ) -> Result<Option<Vec<usize>>> {
+        if at == self.decisions.len() {
+            return Ok(Some(
+                domains
+                    .iter()
+                    .map(|d| d.iter().position(|&on| on).unwrap_or(0))
+                    .collect(),
+            ));
+        }
+        for c in order(at) {
+            if !domains[at][c] {
+                continue;
+            }
+            *budget = budget.checked_sub(1).ok_or_else(|| {
+                Error::InvalidSpace(format!(
+                    "the constraints are too hard to check: no answer after {MAX_SEARCH_NODES} \
+                     search steps ({} decisions, {} constraints); simplify them",
+                    self.decisions.len(),
+                    self.rules.len()
+                ))
+            })?;
+            let mut next = domains.clone();
+            next[at] = (0..next[at].len()).map(|k| k == c).collect();
+            if self.propagate(&mut next) {
+                if let Some(found) = self.complete(next, at + 1, order, budget)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn search(&self, order: &mut dyn FnMut(usize) -> Vec<usize>) -> Result<Option<Architecture>> {
+        let mut domains: Vec<Vec<bool>> = self
+            .decisions
+            .iter()
+            .map(|d| vec![true; d.choices.len()])
+            .collect();
+        if !self.propagate(&mut domains) {
+            return Ok(None);
+        }
+        let mut budget = MAX_SEARCH_NODES;
+        Ok(self
+            .complete(domains, 0, order, &mut budget)?
+            .map(Architecture))
+    }
+
+    fn first_valid(&self) -> Result<Option<Architecture>> {
         let n: Vec<usize> = self.decisions.iter().map(|d| d.choices.len()).collect();
-        self.complete(&mut p, 0, &mut |i| (0..n[i]).collect())
-            .then(|| Architecture(p.into_iter().map(|c| c.unwrap_or(0)).collect()))
+        self.search(&mut |i| (0..n[i]).collect())
     }
 
     /// A uniformly random choice per decision, in order, re-drawn where a constraint forbids it
     /// (constraint-aware sequential sampling; uniform over the space when there are no
-    /// constraints).
+    /// constraints). In a space whose constraints exhaust the search budget (see
+    /// [`MAX_SEARCH_NODES`]) the draw falls back to the first valid architecture.
     pub fn sample(&self, rng: &mut impl Rng) -> Architecture {
-        let mut p = vec![None; self.decisions.len()];
         let n: Vec<usize> = self.decisions.iter().map(|d| d.choices.len()).collect();
-        let found = self.complete(&mut p, 0, &mut |i| shuffled(n[i], rng));
-        debug_assert!(found, "validated spaces have a valid architecture");
-        Architecture(p.into_iter().map(|c| c.unwrap_or(0)).collect())
+        match self.search(&mut |i| shuffled(n[i], rng)) {
+            Ok(Some(a)) => a,
+            _ => self.first.clone(),
+        }
     }
 
     /// Change one decision (chosen uniformly among those that can change) to another value,

@@ -196,6 +196,9 @@ pub struct Reinforce {
     entropy_bonus: f64,
     baseline_decay: f64,
     baseline: Option<f64>,
+    /// Lowest and highest real (not failed) scores told so far.
+    worst: Option<f64>,
+    best: Option<f64>,
     rng: Rng,
 }
 
@@ -238,6 +241,7 @@ impl Reinforce {
         let valid = config.learning_rate > 0.0
             && config.learning_rate.is_finite()
             && config.entropy_bonus >= 0.0
+            && config.entropy_bonus.is_finite()
             && (0.0..1.0).contains(&config.baseline_decay);
         if !valid {
             return Err(Error::Config(format!(
@@ -253,6 +257,8 @@ impl Reinforce {
             entropy_bonus: config.entropy_bonus,
             baseline_decay: config.baseline_decay,
             baseline: None,
+            worst: None,
+            best: None,
             rng: rng(seed),
         })
     }
@@ -302,7 +308,19 @@ impl Strategy for Reinforce {
 
     fn tell(&mut self, arch: &Architecture, score: f64) -> Result<()> {
         self.space.check(arch)?;
-        let r = finite(score)?;
+        let r = if crate::search::is_failure(score) {
+            // A failed candidate: rewarded a little below the worst score seen (the baseline
+            // stays on the scale of real scores); nothing to learn before any real score.
+            match (self.worst, self.best) {
+                (Some(w), Some(b)) => w - (b - w).max(1e-3),
+                _ => return Ok(()),
+            }
+        } else {
+            let r = finite(score)?;
+            self.worst = Some(self.worst.map_or(r, |w| w.min(r)));
+            self.best = Some(self.best.map_or(r, |b| b.max(r)));
+            r
+        };
         let b = self.baseline.unwrap_or(r);
         let advantage = r - b;
         self.baseline = Some(self.baseline_decay * b + (1.0 - self.baseline_decay) * r);
@@ -322,7 +340,10 @@ impl Strategy for Reinforce {
         let Some(loss) = objective else {
             return Ok(());
         };
-        let grads = GradientsParams::from_grads(loss.backward(), &self.controller);
+        let grads = GradientsParams::from_grads(
+            metalearn_core::parallel::backward(loss)?,
+            &self.controller,
+        );
         self.controller = self
             .optim
             .step(self.learning_rate, self.controller.clone(), grads);

@@ -207,22 +207,18 @@ fn strategies_are_deterministic_given_a_seed() {
     assert_ne!(key(&a), key(&run(5)));
     // parallel rounds: the same result whatever the thread scheduling
     let par = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let mut s = Reinforce::new(space.clone(), ReinforceConfig::default(), 2).unwrap();
-            run_search(
-                &space,
-                &mut s,
-                &f,
-                SearchConfig::new(24, 1).with_parallel(4),
-                None,
-            )
-            .unwrap()
-            .records
-        })
+        let mut s = Reinforce::new(space.clone(), ReinforceConfig::default(), 2).unwrap();
+        run_search(
+            &space,
+            &mut s,
+            &f,
+            SearchConfig::new(24, 1)
+                .with_parallel(4)
+                .with_threads(threads),
+            None,
+        )
+        .unwrap()
+        .records
     };
     assert_eq!(key(&par(1)), key(&par(3)));
 }

@@ -52,7 +52,22 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-/// Load every class folder under `root`. An empty class folder, an unreadable or undecodable
+/// Every PNG/JPEG file under `dir`, at any depth (as torchvision's `ImageFolder` does: a class
+/// folder may sort its images into subfolders).
+fn collect_images(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.is_dir() {
+            collect_images(&path, out)?;
+        } else if path.is_file() && is_image(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Load every class folder under `root` (images at any depth inside a class folder belong to
+/// it). An empty class folder, an unreadable or undecodable
 /// image, or a root without class folders is a typed error.
 pub fn load_image_folder(root: &Path, config: ImageFolderConfig) -> Result<ImageFolder> {
     if config.size == 0 {
@@ -73,11 +88,8 @@ pub fn load_image_folder(root: &Path, config: ImageFolderConfig) -> Result<Image
     let channels = if config.grayscale { 1 } else { 3 };
     let (mut blocks, mut names) = (Vec::new(), Vec::new());
     for dir in dirs {
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
+        let mut files = Vec::new();
+        collect_images(&dir, &mut files)?;
         files.sort();
         if files.is_empty() {
             return Err(Error::WrongCounts {
@@ -90,9 +102,7 @@ pub fn load_image_folder(root: &Path, config: ImageFolderConfig) -> Result<Image
             let bytes = std::fs::read(f).map_err(io(f))?;
             let img = decode(&bytes).map_err(|reason| Error::BadImage {
                 path: dir.clone(),
-                entry: f
-                    .file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().into()),
+                entry: f.strip_prefix(&dir).unwrap_or(f).display().to_string(),
                 reason,
             })?;
             let planes = if config.grayscale {
@@ -157,10 +167,18 @@ mod tests {
             size: 4,
             ..Default::default()
         };
+        // Images one level down inside a class folder belong to that class.
+        std::fs::create_dir_all(root.join("dog").join("more")).unwrap();
+        std::fs::write(
+            root.join("dog").join("more").join("9.png"),
+            png_rgb(10, 8, [0, 0, 255]),
+        )
+        .unwrap();
         let f = load_image_folder(&root, cfg).unwrap();
         assert_eq!(f.names, vec!["cat", "dog"]);
         assert_eq!(f.classes.num_classes(), 2);
         assert_eq!(f.classes.class_len(0), 3);
+        assert_eq!(f.classes.class_len(1), 4);
         let mut px = Vec::new();
         f.classes.write_example(0, 0, &mut px).unwrap();
         assert_eq!(px.len(), 3 * 16);

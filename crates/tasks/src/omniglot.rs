@@ -14,7 +14,7 @@
 //! # Cache
 //! The preprocessed images are cached in a compact binary file (`omniglot-<size>.bin`, u8
 //! pixels) in `$METALEARN_CACHE`, else `<data dir>/omniglot/.cache` when writable, else the user
-//! cache dir. The cache records each source zip's length and modification time and a sha256 of
+//! cache dir. The cache records each source zip's length and content sha256 and a sha256 of
 //! its own payload: a stale or corrupt cache is detected and rebuilt. Later loads take well under
 //! a second.
 //!
@@ -169,12 +169,13 @@ impl Omniglot {
                     spec.url()
                 ),
             })?;
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos() as u64);
-            stamps.push(format!("{}:{}:{}", spec.file, meta.len(), mtime));
+            // Keyed on the content, not size and mtime: a zip damaged in place must not be
+            // served from the cache (hashing both official zips takes ~0.1 s).
+            let digest = file_sha256(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            stamps.push(format!("{}:{}:{digest}", spec.file, meta.len()));
         }
         let key = format!("size={};{}", config.image_size, stamps.join(";"));
         let cache = config.cache.then(|| match &config.cache_dir {
@@ -308,6 +309,18 @@ impl ClassDataset for OmniglotClasses {
         rotate90_into(&img, self.data.size, r, out);
         Ok(())
     }
+}
+
+/// sha256 (hex) of a file's content, streamed.
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path)?;
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn cache_path(dir: &Path, size: usize) -> Option<PathBuf> {
@@ -747,6 +760,35 @@ mod tests {
         let s = NWayKShot::new(Arc::new(classes), NWayKShotConfig::new(5, 1, 2)).unwrap();
         let ep = s.sample(3).unwrap();
         assert_eq!(ep.support.input_shape, vec![5, 1, 28, 28]);
+    }
+
+    #[test]
+    fn a_zip_damaged_in_place_is_not_served_from_the_cache() {
+        let dir = temp("stale");
+        let zip = dir.join("bg.zip");
+        make_zip(&zip, "images_background", &[("Aaa", 3)], 4);
+        let cfg = config(&dir, vec![spec("bg.zip", "images_background", 3, 4)]);
+        let good = Omniglot::load_from(&dir, &cfg).unwrap();
+        assert!(dir.join(".cache").join("omniglot-28.bin").exists());
+        // Same size, same modification time, different bytes (inside the first image's data).
+        let mtime = std::fs::metadata(&zip).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(&zip).unwrap();
+        for b in &mut bytes[80..120] {
+            *b ^= 0x5A;
+        }
+        std::fs::write(&zip, &bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&zip)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&zip).unwrap().modified().unwrap(), mtime);
+        match Omniglot::load_from(&dir, &cfg) {
+            Ok(o) => assert_ne!(o.pixels, good.pixels, "stale cache served"),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

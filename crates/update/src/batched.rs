@@ -8,7 +8,7 @@
 //! path's (a test checks this).
 
 use crate::inner::{BatchGradient, AA, AB};
-use crate::maml::{same_kind, stack_batches, Maml, MamlConfig};
+use crate::maml::{stack_batches, Maml, MamlConfig};
 use crate::Result as UpdateResult;
 use burn::module::{AutodiffModule, HasAutodiffModule};
 use burn::optim::GradientsParams;
@@ -72,7 +72,11 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
 
     fn meta_gradient(&self, episodes: &[EpisodeData]) -> Result<BatchGradient> {
         let sizes = self.inner.sizes();
-        let kind = same_kind(episodes)?;
+        let kind = metalearn_core::episode::check_meta_batch(episodes)?;
+        let start = self.inner.model.valid();
+        for e in episodes {
+            metalearn_core::model::check_episode::<B, M::InnerModule, 2>(&start, e)?;
+        }
         let cfg = &self.inner.config;
         let device = &self.inner.device;
         let t = episodes.len();
@@ -96,7 +100,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
                 .map(|p| Tensor::from_inner(p.clone()).require_grad())
                 .collect();
             let loss = batched_loss(kind, arch.forward_tasks(&lifted, s_x.clone()), s_y.clone());
-            let grads = loss.backward();
+            let grads = metalearn_core::parallel::backward(loss)?;
             phi = phi
                 .into_iter()
                 .zip(&lifted)
@@ -135,7 +139,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
         };
         let value = scalar(loss.clone().inner());
         Ok(BatchGradient {
-            theta: GradientsParams::from_grads(loss.backward(), &theta),
+            theta: GradientsParams::from_grads(metalearn_core::parallel::backward(loss)?, &theta),
             sizes: None,
             loss: value,
             accuracy,

@@ -27,7 +27,7 @@ use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -222,6 +222,24 @@ where
 
     /// The distillation loss of the student on `batch` (classification, one-hot targets).
     pub fn loss(&self, batch: &HostBatch) -> CoreResult<Tensor<AB<B>, 1>> {
+        if batch.is_empty() {
+            return Err(Error::Empty("distillation batch (0 examples)"));
+        }
+        let example = batch.input_shape.get(1..).unwrap_or(&[]);
+        let widths = std::iter::once(self.student.output_width(example)?).chain(
+            self.teachers
+                .iter()
+                .map(|t| t.output_width(example))
+                .collect::<CoreResult<Vec<_>>>()?,
+        );
+        for w in widths.flatten() {
+            if w != batch.target_dim {
+                return Err(Error::ShapeMismatch(format!(
+                    "a model gives {w} outputs but the batch has {} classes",
+                    batch.target_dim
+                )));
+            }
+        }
         let x = batch.to_batch::<B, D>(&self.device)?;
         let z: Vec<Tensor<B, 2>> = self
             .teachers
@@ -245,10 +263,15 @@ where
     pub fn step(&mut self, batch: &HostBatch) -> CoreResult<f64> {
         let loss = self.loss(batch)?;
         let value = check_finite(self.iterations, scalar(loss.clone().inner()))?;
-        let grads = GradientsParams::from_grads(loss.backward(), &self.student);
-        self.student = self
-            .optim
-            .step(self.config.learning_rate, self.student.clone(), grads);
+        let grads =
+            GradientsParams::from_grads(metalearn_core::parallel::backward(loss)?, &self.student);
+        self.student = crate::inner::guarded_step(
+            &mut self.optim,
+            self.config.learning_rate,
+            &self.student,
+            grads,
+            self.iterations,
+        )?;
         self.iterations += 1;
         Ok(value)
     }
@@ -344,9 +367,7 @@ where
     type Adapted = (S::InnerModule, Tensor<B, 2>);
 
     fn meta_step(&mut self, episodes: &[EpisodeData]) -> CoreResult<StepStats> {
-        if episodes.is_empty() {
-            return Err(Error::Empty("meta-batch"));
-        }
+        metalearn_core::episode::check_meta_batch(episodes)?;
         let (t, a) = (self.config.temperature, self.config.alpha);
         let mut total: Option<Tensor<AB<B>, 1>> = None;
         let (mut acc, mut n) = (0.0, 0usize);

@@ -8,9 +8,6 @@ pub enum Error {
     /// An error from metalearn-core (bad config, shapes, divergence, …).
     #[error(transparent)]
     Core(#[from] metalearn_core::Error),
-    /// The rayon thread pool could not be built.
-    #[error("thread pool: {0}")]
-    ThreadPool(String),
 }
 
 /// Result alias using [`Error`].

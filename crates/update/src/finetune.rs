@@ -144,6 +144,10 @@ where
     /// One supervised step on the support and query examples of each episode (global labels).
     fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
         let first = episodes.first().ok_or(Error::Empty("batch"))?;
+        metalearn_core::episode::check_meta_batch(episodes)?;
+        for ep in episodes {
+            metalearn_core::model::check_episode::<AB<B>, M, D>(&self.model, ep)?;
+        }
         let classes = match first.kind {
             TaskKind::Classification { ways } => ways,
             TaskKind::Regression => return Err(Error::config("episodes", "classification only")),

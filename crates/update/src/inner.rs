@@ -14,7 +14,7 @@ use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{Error, Result};
 use metalearn_core::learner::{check_finite, StepStats};
 use metalearn_core::loss::{accuracy, scalar, task_loss};
-use metalearn_core::model::{non_transductive, MetaModule, MetaTrainable};
+use metalearn_core::model::{check_episode, non_transductive, MetaModule, MetaTrainable};
 use metalearn_core::params;
 
 pub(crate) type AB<B> = Autodiff<B>;
@@ -184,14 +184,16 @@ pub(crate) fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     device: &B::Device,
     mut on_step: impl FnMut(usize, &M::InnerModule) -> Result<()>,
 ) -> Result<M::InnerModule> {
+    check_episode::<B, M::InnerModule, D>(&start, episode)?;
     let support = episode.support.to_batch::<AB<B>, D>(device)?;
     let mut phi = start;
     on_step(0, &phi)?;
     for s in 1..=steps {
         let leaf: M = params::require_grad(M::from_inner(phi.clone()));
         let out = leaf.forward(support.inputs.clone());
-        let loss = task_loss(episode.kind, out, support.targets.clone());
-        let grads = loss.backward();
+        let loss = task_loss(episode.kind, out, support.targets.clone())?;
+        adaptation_finite(s, scalar(loss.clone().inner()))?;
+        let grads = metalearn_core::parallel::backward(loss)?;
         let g = collect_grads::<AB<B>, _>(&leaf, &grads);
         phi = params::map_indexed(phi, |i, t| Ok(rule.update(i, t, g[i].clone())))?;
         on_step(s, &phi)?;
@@ -210,6 +212,16 @@ pub(crate) fn adapt<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     adapt_inner::<B, M, D>(start, episode, steps, rule, device, |_, _| Ok(()))
 }
 
+/// An adaptation whose support loss is no longer finite at inner step `step` (or whose query
+/// loss is not, `step` = the steps taken) is [`Error::AdaptationDiverged`], not a NaN metric.
+pub(crate) fn adaptation_finite(step: usize, loss: f64) -> Result<f64> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(Error::AdaptationDiverged { step, value: loss })
+    }
+}
+
 /// Query loss and accuracy of `model` on `episode`: the query batch in one forward pass when
 /// `transductive`, else each query example with the support set
 /// ([`non_transductive`](metalearn_core::model::non_transductive)).
@@ -226,7 +238,7 @@ pub(crate) fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
         let s = episode.support.to_batch::<B, D>(device)?;
         non_transductive(s.inputs, q.inputs, |x, n| model.forward(x).narrow(0, n, 1))
     };
-    let loss = scalar(task_loss(episode.kind, out.clone(), q.targets));
+    let loss = scalar(task_loss(episode.kind, out.clone(), q.targets)?);
     let acc = q.labels.as_deref().map(|l| accuracy(out, l));
     Ok((loss, acc))
 }
@@ -245,7 +257,7 @@ pub(crate) fn evaluate_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>
     let (loss, accuracy) = evaluate::<B, M::InnerModule, D>(&phi, episode, transductive, device)?;
     Ok(metalearn_core::learner::StepMetrics {
         steps,
-        loss,
+        loss: adaptation_finite(steps, loss)?,
         accuracy,
     })
 }
@@ -266,7 +278,7 @@ pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usiz
             evaluate::<B, M::InnerModule, D>(phi, episode, transductive, device)?;
         curve.push(metalearn_core::learner::StepMetrics {
             steps: s,
-            loss,
+            loss: adaptation_finite(s, loss)?,
             accuracy,
         });
         Ok(())
@@ -287,8 +299,8 @@ pub(crate) fn adam_step<B: Backend, M: AutodiffModule<AB<B>>>(
     (acc, n): (f64, usize),
 ) -> Result<(M, StepStats)> {
     let value = check_finite(iteration, scalar(loss.clone().inner()))?;
-    let grads = GradientsParams::from_grads(loss.backward(), model);
-    let next = optim.step(learning_rate, model.clone(), grads);
+    let grads = GradientsParams::from_grads(metalearn_core::parallel::backward(loss)?, model);
+    let next = guarded_step(optim, learning_rate, model, grads, iteration)?;
     Ok((
         next,
         StepStats {
@@ -297,6 +309,24 @@ pub(crate) fn adam_step<B: Backend, M: AutodiffModule<AB<B>>>(
             meta_accuracy: (n > 0).then(|| acc / n as f64),
         },
     ))
+}
+
+/// `optim.step` that refuses an update producing a non-finite parameter: then the optimiser's
+/// state is restored, the model is unchanged and the error is [`Error::Diverged`].
+pub(crate) fn guarded_step<Bk: AutodiffBackend, M: AutodiffModule<Bk>>(
+    optim: &mut OptimizerAdaptor<Adam, M, Bk>,
+    learning_rate: f64,
+    model: &M,
+    grads: GradientsParams,
+    iteration: usize,
+) -> Result<M> {
+    let saved = optim.clone();
+    let next = optim.step(learning_rate, model.clone(), grads);
+    if let Err(e) = metalearn_core::learner::check_finite_model(iteration, &next) {
+        *optim = saved;
+        return Err(e);
+    }
+    Ok(next)
 }
 
 /// One task's contribution to the meta-gradient.
@@ -326,6 +356,7 @@ pub(crate) fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
         let leaf: M = params::require_grad(M::from_inner(phi));
         return query_gradient::<B, M, D>(&leaf, &leaf, None, ep, device);
     }
+    check_episode::<B, M::InnerModule, D>(&theta, ep)?;
     // Fresh leaves: each task gets its own graph, so tasks can run on different threads.
     let theta: M = params::require_grad(M::from_inner(theta));
     let size_leaf: Option<M> = size_module.map(|m| params::require_grad(M::from_inner(m)));
@@ -350,8 +381,8 @@ pub(crate) fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
             <M as HasAutodiffModule<AA<B>>>::TrainModule::from_inner(phi.clone()),
         );
         let out = lifted.forward(support.inputs.clone());
-        let loss = task_loss(ep.kind, out, support.targets.clone());
-        let mut g = collect_grads::<AA<B>, _>(&lifted, &loss.backward());
+        let loss = task_loss(ep.kind, out, support.targets.clone())?;
+        let mut g = collect_grads::<AA<B>, _>(&lifted, &metalearn_core::parallel::backward(loss)?);
         if !second_order {
             g = g.into_iter().map(|g| g.map(Tensor::detach)).collect();
         }
@@ -370,10 +401,10 @@ fn query_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
 ) -> Result<TaskGradient> {
     let q = ep.query.to_batch::<AB<B>, D>(device)?;
     let out = phi.forward(q.inputs);
-    let loss = task_loss(ep.kind, out.clone(), q.targets);
+    let loss = task_loss(ep.kind, out.clone(), q.targets)?;
     let value = scalar(loss.clone().inner());
     let acc = q.labels.as_deref().map(|l| accuracy(out.inner(), l));
-    let mut grads = loss.backward();
+    let mut grads = metalearn_core::parallel::backward(loss)?;
     let theta = GradientsParams::from_module(&mut grads, wrt);
     let sizes = sizes.map(|m| GradientsParams::from_module(&mut grads, m));
     Ok(TaskGradient {

@@ -13,22 +13,21 @@
 //! is applied to θ.
 
 use crate::inner::{
-    adapt, adaptation_curve, combine, evaluate, evaluate_after, task_gradient, BatchGradient,
-    Sizes, AB,
+    adapt, adaptation_curve, combine, evaluate, evaluate_after, guarded_step, task_gradient,
+    BatchGradient, Sizes, AB,
 };
-use crate::{Error as UpdateError, Result as UpdateResult};
+use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, Optimizer};
+use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use metalearn_core::episode::{EpisodeData, HostBatch, TaskKind};
+use metalearn_core::episode::{check_meta_batch, EpisodeData, HostBatch};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
+use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
-use rayon::prelude::*;
-use std::sync::Arc;
 
 /// MAML hyper-parameters.
 ///
@@ -92,6 +91,22 @@ impl MamlConfig {
         Self::new().with_adapt_last(2)
     }
 
+    /// Check the fields that depend on the model: `adapt_last` must not exceed its number of
+    /// parameter tensors (`count`).
+    pub fn validate_for(&self, count: usize) -> metalearn_core::Result<()> {
+        self.validate()?;
+        if self.adapt_last > count {
+            return Err(Error::config(
+                "adapt_last",
+                format!(
+                    "is {} but the model has only {count} parameter tensors",
+                    self.adapt_last
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Check every field; called by the learners before any training.
     pub fn validate(&self) -> metalearn_core::Result<()> {
         ensure_positive("inner_lr", self.inner_lr)?;
@@ -114,7 +129,7 @@ pub struct Maml<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     optim: OptimizerAdaptor<Adam, M, AB<B>>,
     pub(crate) config: MamlConfig,
     pub(crate) device: B::Device,
-    pub(crate) pool: Arc<rayon::ThreadPool>,
+    pub(crate) pool: TaskPool,
     iterations: usize,
 }
 
@@ -127,26 +142,14 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Mam
     }
 }
 
-/// Build the learners' dedicated rayon pool.
-pub(crate) fn thread_pool(threads: usize) -> UpdateResult<Arc<rayon::ThreadPool>> {
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if threads > 0 {
-        pool = pool.num_threads(threads);
-    }
-    Ok(Arc::new(
-        pool.build()
-            .map_err(|e| UpdateError::ThreadPool(e.to_string()))?,
-    ))
-}
-
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
     /// Validate `config` and wrap `model` (whose current parameters are the initial θ).
     pub fn new(config: MamlConfig, model: M, device: B::Device) -> UpdateResult<Self> {
-        config.validate()?;
+        config.validate_for(params::tensors(&model).len())?;
         Ok(Self {
             model: params::require_grad(model),
             optim: AdamConfig::new().init(),
-            pool: thread_pool(config.threads)?,
+            pool: TaskPool::new(config.threads),
             config,
             device,
             iterations: 0,
@@ -211,36 +214,35 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
         &self,
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<BatchGradient> {
-        if episodes.is_empty() {
-            return Err(Error::Empty("meta-batch"));
-        }
+        check_meta_batch(episodes)?;
         let theta = self.model.valid();
         let sizes = self.sizes();
         let jobs: Vec<_> = episodes.iter().map(|e| (theta.clone(), e)).collect();
         let (cfg, device) = (&self.config, &self.device);
-        let parts = self.pool.install(|| {
-            jobs.into_par_iter()
-                .map(|(theta, ep)| {
-                    task_gradient::<B, M, D>(
-                        theta,
-                        None,
-                        &sizes,
-                        ep,
-                        cfg.inner_steps,
-                        cfg.second_order,
-                        device,
-                    )
-                })
-                .collect::<Vec<_>>()
-        });
+        let parts = self.pool.map(jobs, |_, (theta, ep)| {
+            Ok(task_gradient::<B, M, D>(
+                theta,
+                None,
+                &sizes,
+                ep,
+                cfg.inner_steps,
+                cfg.second_order,
+                device,
+            ))
+        })?;
         combine::<B, M>(&self.model, None, parts)
     }
 
     /// Apply a meta-gradient unless its loss diverged (then nothing changes).
     pub(crate) fn apply(&mut self, g: BatchGradient) -> metalearn_core::Result<StepStats> {
         check_finite(self.iterations, g.loss)?;
-        let model = self.model.clone();
-        self.model = self.optim.step(self.config.outer_lr, model, g.theta);
+        self.model = guarded_step(
+            &mut self.optim,
+            self.config.outer_lr,
+            &self.model,
+            g.theta,
+            self.iterations,
+        )?;
         let stats = StepStats {
             iteration: self.iterations,
             meta_loss: g.loss,
@@ -302,17 +304,6 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
             &self.device,
         )
     }
-}
-
-/// Targets of a meta-batch must agree in kind (checked by the batched path).
-pub(crate) fn same_kind(episodes: &[EpisodeData]) -> metalearn_core::Result<TaskKind> {
-    let kind = episodes.first().ok_or(Error::Empty("meta-batch"))?.kind;
-    if episodes.iter().any(|e| e.kind != kind) {
-        return Err(Error::ShapeMismatch(
-            "episodes of different kinds in one meta-batch".into(),
-        ));
-    }
-    Ok(kind)
 }
 
 /// Stack the same-shaped batches of a meta-batch along a new task dimension.

@@ -3,21 +3,22 @@
 //! `φ = θ − α ⊙ ∇L_support(θ)`, with θ and α both meta-learned by Adam through the same exact
 //! second-order machinery as [`Maml`](crate::Maml).
 
-use crate::inner::{adapt, adaptation_curve, combine, evaluate_after, task_gradient, Sizes, AB};
-use crate::maml::{thread_pool, MamlConfig};
+use crate::inner::{
+    adapt, adaptation_curve, combine, evaluate_after, guarded_step, task_gradient, Sizes, AB,
+};
+use crate::maml::MamlConfig;
 use crate::Result as UpdateResult;
 use burn::module::{ModuleMapper, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, Optimizer};
+use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use metalearn_core::episode::EpisodeData;
-use metalearn_core::error::{ensure_positive, Error};
+use metalearn_core::error::ensure_positive;
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
+use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
-use rayon::prelude::*;
-use std::sync::Arc;
 
 /// Meta-SGD over any [`MetaTrainable`] model.
 ///
@@ -33,7 +34,7 @@ pub struct MetaSgd<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     optim_rates: OptimizerAdaptor<Adam, M, AB<B>>,
     config: MamlConfig,
     device: B::Device,
-    pool: Arc<rayon::ThreadPool>,
+    pool: TaskPool,
     iterations: usize,
 }
 
@@ -61,7 +62,7 @@ impl<Bk: Backend> ModuleMapper<Bk> for FreshConstant {
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
     /// Validate `config` and wrap `model`; every step size starts at `config.inner_lr`.
     pub fn new(config: MamlConfig, model: M, device: B::Device) -> UpdateResult<Self> {
-        config.validate()?;
+        config.validate_for(params::tensors(&model).len())?;
         ensure_positive("inner_lr", config.inner_lr)?;
         let model = params::require_grad(model);
         let rates = model.clone().map(&mut FreshConstant(config.inner_lr));
@@ -70,7 +71,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
             rates,
             optim: AdamConfig::new().init(),
             optim_rates: AdamConfig::new().init(),
-            pool: thread_pool(config.threads)?,
+            pool: TaskPool::new(config.threads),
             config,
             device,
             iterations: 0,
@@ -113,9 +114,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
         &self,
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<crate::inner::BatchGradient> {
-        if episodes.is_empty() {
-            return Err(Error::Empty("meta-batch"));
-        }
+        metalearn_core::episode::check_meta_batch(episodes)?;
         let (theta, rates) = (self.model.valid(), self.rates.valid());
         let sizes = self.sizes();
         let jobs: Vec<_> = episodes
@@ -123,21 +122,17 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
             .map(|e| (theta.clone(), rates.clone(), e))
             .collect();
         let (cfg, device) = (&self.config, &self.device);
-        let parts = self.pool.install(|| {
-            jobs.into_par_iter()
-                .map(|(theta, rates, ep)| {
-                    task_gradient::<B, M, D>(
-                        theta,
-                        Some(rates),
-                        &sizes,
-                        ep,
-                        cfg.inner_steps,
-                        cfg.second_order,
-                        device,
-                    )
-                })
-                .collect::<Vec<_>>()
-        });
+        let parts = self.pool.map(jobs, |_, (theta, rates, ep)| {
+            Ok(task_gradient::<B, M, D>(
+                theta,
+                Some(rates),
+                &sizes,
+                ep,
+                cfg.inner_steps,
+                cfg.second_order,
+                device,
+            ))
+        })?;
         combine::<B, M>(&self.model, Some(&self.rates), parts)
     }
 }
@@ -149,10 +144,18 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
         let g = self.meta_gradient(episodes)?;
         check_finite(self.iterations, g.loss)?;
         let lr = self.config.outer_lr;
-        self.model = self.optim.step(lr, self.model.clone(), g.theta);
+        let (saved, it) = (self.optim.clone(), self.iterations);
+        let model = guarded_step(&mut self.optim, lr, &self.model, g.theta, it)?;
         if let Some(rg) = g.sizes {
-            self.rates = self.optim_rates.step(lr, self.rates.clone(), rg);
+            match guarded_step(&mut self.optim_rates, lr, &self.rates, rg, it) {
+                Ok(rates) => self.rates = rates,
+                Err(e) => {
+                    self.optim = saved;
+                    return Err(e);
+                }
+            }
         }
+        self.model = model;
         let stats = StepStats {
             iteration: self.iterations,
             meta_loss: g.loss,

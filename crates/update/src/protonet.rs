@@ -13,11 +13,11 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use metalearn_core::episode::{EpisodeData, TaskKind};
+use metalearn_core::episode::{check_meta_batch, EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use metalearn_core::loss::{accuracy, cross_entropy, scalar};
-use metalearn_core::model::{non_transductive, EmbeddingModule};
+use metalearn_core::model::{check_embed_episode, non_transductive, EmbeddingModule};
 use metalearn_core::params;
 
 /// Prototypical Networks hyper-parameters.
@@ -28,6 +28,7 @@ use metalearn_core::params;
 /// | `meta_batch_size` | 1 | episodes per update | ≥ 1 |
 /// | `lr_halving_every` | 0 | halve the learning rate every this many updates (0: never) | — |
 /// | `transductive` | true | embed the query batch in one forward pass (false: each query example with the support set, whose embeddings then give that example's prototypes) | — |
+/// | `divergence_loss` | 1e4 | a meta-batch loss above this is [`Error::Diverged`] and takes no step (chance is ln N ≈ 1.6–4.1; a too-large learning rate sends it to ~1e24, then parks it at chance for good) | > 0 |
 #[derive(Config, Debug)]
 pub struct ProtoNetConfig {
     /// Adam learning rate.
@@ -43,12 +44,16 @@ pub struct ProtoNetConfig {
     /// the support set, so batch statistics never mix query examples).
     #[config(default = true)]
     pub transductive: bool,
+    /// A meta-batch loss above this is a divergence (the step is refused).
+    #[config(default = 1e4)]
+    pub divergence_loss: f64,
 }
 
 impl ProtoNetConfig {
     /// Check every field.
     pub fn validate(&self) -> metalearn_core::Result<()> {
         ensure_positive("learning_rate", self.learning_rate)?;
+        ensure_positive("divergence_loss", self.divergence_loss)?;
         ensure_nonzero("meta_batch_size", self.meta_batch_size)
     }
 }
@@ -164,13 +169,12 @@ where
     type Adapted = (M::InnerModule, Tensor<B, 2>);
 
     fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
-        if episodes.is_empty() {
-            return Err(Error::Empty("meta-batch"));
-        }
+        check_meta_batch(episodes)?;
         let mut total: Option<Tensor<AB<B>, 1>> = None;
         let (mut acc, mut n) = (0.0, 0usize);
         for ep in episodes {
             ways(ep)?;
+            check_embed_episode::<AB<B>, M, D>(&self.model, ep)?;
             let s = ep.support.to_batch::<AB<B>, D>(&self.device)?;
             let q = ep.query.to_batch::<AB<B>, D>(&self.device)?;
             let logits = prototype_logits(
@@ -191,6 +195,13 @@ where
         let loss = total
             .ok_or(Error::Empty("meta-batch"))?
             .mul_scalar(1.0 / episodes.len() as f64);
+        let value = scalar(loss.clone().inner());
+        if value > self.config.divergence_loss {
+            return Err(Error::Diverged {
+                iteration: self.iterations,
+                value,
+            });
+        }
         let lr = self.learning_rate();
         let (next, stats) = adam_step(
             &self.model,
@@ -213,6 +224,7 @@ where
     fn adapt(&self, episode: &EpisodeData, _steps: usize) -> metalearn_core::Result<Self::Adapted> {
         ways(episode)?;
         let model = self.model.valid();
+        check_embed_episode::<B, _, D>(&model, episode)?;
         let s = episode.support.to_batch::<B, D>(&self.device)?;
         let protos = prototypes(model.embed(s.inputs), s.targets);
         Ok((model, protos))
@@ -242,6 +254,7 @@ pub(crate) fn proto_curve<B: Backend, E: EmbeddingModule<B, D>, const D: usize>(
     device: &B::Device,
 ) -> metalearn_core::Result<AdaptationCurve> {
     ways(episode)?;
+    check_embed_episode::<B, E, D>(model, episode)?;
     let s = episode.support.to_batch::<B, D>(device)?;
     let q = episode.query.to_batch::<B, D>(device)?;
     let logits = if transductive {

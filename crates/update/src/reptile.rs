@@ -6,7 +6,6 @@
 //! after adaptation. At test time only the support set is used.
 
 use crate::inner::{adapt, adaptation_curve, evaluate, evaluate_after, InnerAdam, Rule, Sizes};
-use crate::maml::thread_pool;
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::tensor::backend::Backend;
@@ -14,9 +13,8 @@ use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
+use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
-use rayon::prelude::*;
-use std::sync::Arc;
 
 /// Reptile hyper-parameters (defaults: Nichol et al.'s Omniglot settings, SGD inner loop).
 ///
@@ -131,7 +129,7 @@ pub struct Reptile<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     model: M,
     config: ReptileConfig,
     device: B::Device,
-    pool: Arc<rayon::ThreadPool>,
+    pool: TaskPool,
     iterations: usize,
 }
 
@@ -150,7 +148,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
         config.validate()?;
         Ok(Self {
             model: params::require_grad(model),
-            pool: thread_pool(config.threads)?,
+            pool: TaskPool::new(config.threads),
             config,
             device,
             iterations: 0,
@@ -187,30 +185,23 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
     type Adapted = M::InnerModule;
 
     fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
-        if episodes.is_empty() {
-            return Err(Error::Empty("meta-batch"));
-        }
+        metalearn_core::episode::check_meta_batch(episodes)?;
         let theta = self.model.valid();
         let (steps, device) = (self.config.inner_steps, &self.device);
         let jobs: Vec<_> = episodes
             .iter()
             .map(|e| (theta.clone(), e, self.rule()))
             .collect();
-        let parts: Vec<metalearn_core::Result<_>> = self.pool.install(|| {
-            jobs.into_par_iter()
-                .map(|(theta, ep, rule)| {
-                    // Reptile trains on all of a meta-training task's examples.
-                    let ep = ep.all_as_support()?;
-                    let phi = adapt::<B, M, D>(theta, &ep, steps, rule, device)?;
-                    let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, &ep, true, device)?;
-                    Ok((phi, loss, acc))
-                })
-                .collect()
-        });
+        let parts = self.pool.map(jobs, |_, (theta, ep, rule)| {
+            // Reptile trains on all of a meta-training task's examples.
+            let ep = ep.all_as_support()?;
+            let phi = adapt::<B, M, D>(theta, &ep, steps, rule, device)?;
+            let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, &ep, true, device)?;
+            Ok((phi, loss, acc))
+        })?;
         let mut phis = Vec::with_capacity(parts.len());
         let (mut loss, mut acc, mut n_acc) = (0.0, 0.0, 0usize);
-        for p in parts {
-            let (phi, l, a) = p?;
+        for (phi, l, a) in parts {
             phis.push(phi);
             loss += l;
             if let Some(a) = a {

@@ -88,6 +88,7 @@ where
 {
     config.validate()?;
     let ways = classes(episode)?;
+    metalearn_core::model::check_embed_episode::<AB<B>, M, D>(body, episode)?;
     let s = episode.support.to_batch::<AB<B>, D>(device)?;
     if config.freeze_body {
         let frozen = body.valid();
@@ -112,7 +113,7 @@ where
             head.forward(body_ad.embed(s.inputs.clone())),
             s.targets.clone(),
         );
-        let mut grads = loss.backward();
+        let mut grads = metalearn_core::parallel::backward(loss)?;
         let g_body = GradientsParams::from_module(&mut grads, &body_ad);
         let g_head = GradientsParams::from_module(&mut grads, &head);
         body_ad = body_optim.step(config.body_lr, body_ad, g_body);
@@ -134,6 +135,7 @@ pub fn fit_head<B: Backend, E: EmbeddingModule<B, D>, const D: usize>(
 ) -> CoreResult<LinearHead<B>> {
     ensure_positive("head_lr", lr)?;
     let ways = classes(episode)?;
+    metalearn_core::model::check_embed_episode::<B, E, D>(body, episode)?;
     let s = episode.support.to_batch::<B, D>(device)?;
     // Embeddings of a frozen body are computed once.
     let emb = Tensor::<AB<B>, 2>::from_inner(body.embed(s.inputs));
@@ -143,7 +145,7 @@ pub fn fit_head<B: Backend, E: EmbeddingModule<B, D>, const D: usize>(
     on_step(0, &head.valid())?;
     for step in 1..=steps {
         let loss = cross_entropy(head.forward(emb.clone()), targets.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &head);
+        let grads = GradientsParams::from_grads(metalearn_core::parallel::backward(loss)?, &head);
         head = optim.step(lr, head, grads);
         on_step(step, &head.valid())?;
     }

@@ -158,15 +158,68 @@ impl<B: Backend> Conv4<B> {
     }
 }
 
+impl<B: Backend> Conv4<B> {
+    /// Check that images of shape `example` = `[channels, height, width]` fit the body (the
+    /// first convolution's channels, at least one pixel after pooling); returns the embedding
+    /// width they give.
+    pub fn check_body(&self, example: &[usize]) -> metalearn_core::Result<usize> {
+        let c_in = self.convs.first().map_or(0, |c| c.weight.dims()[1]);
+        let filters = self.convs.last().map_or(c_in, |c| c.weight.dims()[0]);
+        let &[c, h, w] = example else {
+            return Err(Error::ShapeMismatch(format!(
+                "Conv4 takes [channels, height, width] images but the episode's examples have \
+                 shape {example:?}"
+            )));
+        };
+        if c != c_in {
+            return Err(Error::ShapeMismatch(format!(
+                "Conv4 takes {c_in}-channel images but the episode's images have {c} channels \
+                 (shape {example:?})"
+            )));
+        }
+        let blocks = self.convs.len() as u32;
+        let (fh, fw) = (h >> blocks, w >> blocks);
+        if fh == 0 || fw == 0 {
+            return Err(Error::ShapeMismatch(format!(
+                "{h}x{w} images are too small for Conv4's {blocks} pooling blocks"
+            )));
+        }
+        Ok(filters * fh * fw)
+    }
+
+    /// [`check_body`](Self::check_body), and that the embedding is as wide as the head takes
+    /// (the image size the model was built for); returns that width.
+    pub fn check_input(&self, example: &[usize]) -> metalearn_core::Result<usize> {
+        let got = self.check_body(example)?;
+        let want = self.head.weight.dims()[0];
+        if got != want {
+            return Err(Error::ShapeMismatch(format!(
+                "Conv4's head takes {want} features but images of shape {example:?} give {got} \
+                 (build the model for this image size)"
+            )));
+        }
+        Ok(got)
+    }
+}
+
 impl<B: Backend> EmbeddingModule<B, 4> for Conv4<B> {
     fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         Conv4::embed(self, x)
+    }
+
+    fn check_embed_input(&self, example: &[usize]) -> metalearn_core::Result<()> {
+        self.check_body(example).map(|_| ())
     }
 }
 
 impl<B: Backend> MetaModule<B, 4> for Conv4<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         self.head.forward(self.embed(x))
+    }
+
+    fn output_width(&self, example: &[usize]) -> metalearn_core::Result<Option<usize>> {
+        self.check_input(example)?;
+        Ok(Some(self.head.weight.dims()[1]))
     }
 }
 

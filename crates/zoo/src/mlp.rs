@@ -70,9 +70,28 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
+impl<B: Backend> Mlp<B> {
+    /// Check that examples of shape `example` fit the input layer.
+    fn check_input(&self, example: &[usize]) -> metalearn_core::Result<()> {
+        let d_in = self.layers.first().map_or(0, |l| l.weight.dims()[0]);
+        if example != [d_in] {
+            return Err(Error::ShapeMismatch(format!(
+                "the MLP takes {d_in} input features but the episode's examples have shape \
+                 {example:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl<B: Backend> MetaModule<B, 2> for Mlp<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.features(x, self.layers.len())
+    }
+
+    fn output_width(&self, example: &[usize]) -> metalearn_core::Result<Option<usize>> {
+        self.check_input(example)?;
+        Ok(self.layers.last().map(|l| l.weight.dims()[1]))
     }
 }
 
@@ -80,6 +99,10 @@ impl<B: Backend> EmbeddingModule<B, 2> for Mlp<B> {
     /// The last hidden layer's activations (everything but the output layer).
     fn embed(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.features(x, self.layers.len() - 1)
+    }
+
+    fn check_embed_input(&self, example: &[usize]) -> metalearn_core::Result<()> {
+        self.check_input(example)
     }
 }
 
