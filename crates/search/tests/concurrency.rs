@@ -22,6 +22,7 @@ use metalearn_update::{Maml, MamlConfig};
 use metalearn_zoo::{Conv4, Conv4Config};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -101,7 +102,9 @@ fn under_watchdog(limit: Duration, jobs: Vec<(&'static str, Box<dyn FnOnce() + S
                     pending.lock().unwrap(),
                     thread_names()
                 );
-                eprintln!("{report}");
+                // Straight to the process's stderr: libtest's capture would swallow `eprintln!`,
+                // and the exit below leaves it no time to print what it captured.
+                let _ = writeln!(std::io::stderr(), "{report}");
                 // The hung threads cannot be joined: end the test binary with a failure now.
                 std::process::exit(101);
             }
@@ -114,7 +117,7 @@ fn concurrent_evaluation_meta_steps_and_search_do_not_deadlock() {
     let rounds: usize = std::env::var("METALEARN_STRESS_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(20);
     let tasks = Arc::new(tasks());
     let shared = Arc::new(learner(2, 1));
     let done = Arc::new(AtomicUsize::new(0));
@@ -219,7 +222,11 @@ fn concurrent_evaluation_meta_steps_and_search_do_not_deadlock() {
             }),
         ));
     }
-    under_watchdog(Duration::from_secs(600), jobs);
+    let limit = std::env::var("METALEARN_STRESS_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    under_watchdog(Duration::from_secs(limit), jobs);
     assert_eq!(
         done.load(Ordering::Relaxed),
         2 * rounds + 3 * rounds + rounds + 2

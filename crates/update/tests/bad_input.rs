@@ -172,7 +172,7 @@ fn silent_failures_are_errors() {
     // 1-wide output against 3-wide regression targets: no broadcasting
     let mut l = maml(mlp(vec![1, 8, 1]), true);
     let wide = regression(4, 1, 3, 0.2);
-    shape_error(l.meta_step(&[wide.clone()]), "1 outputs");
+    shape_error(l.meta_step(std::slice::from_ref(&wide)), "1 outputs");
     shape_error(l.adaptation_curve(&wide, 1), "1 outputs");
     // a meta-batch mixing regression and classification
     let mut l2 = maml(mlp(vec![1, 8, 2]), false);
@@ -208,7 +208,7 @@ fn an_update_to_non_finite_parameters_is_refused() {
     let mut l = Maml::new(cfg, mlp(vec![1, 1]), Default::default()).unwrap();
     let before = params::to_vec(l.model());
     let ep = regression(2, 1, 1, 3e38);
-    let r = l.meta_step(&[ep.clone()]);
+    let r = l.meta_step(std::slice::from_ref(&ep));
     assert!(matches!(r, Err(Error::Diverged { .. })), "{r:?}");
     assert_eq!(params::to_vec(l.model()), before);
     // Meta-SGD and Reptile too
@@ -222,7 +222,7 @@ fn an_update_to_non_finite_parameters_is_refused() {
     )
     .unwrap();
     let before = params::to_vec(s.model());
-    assert!(s.meta_step(&[ep.clone()]).is_err());
+    assert!(s.meta_step(std::slice::from_ref(&ep)).is_err());
     assert_eq!(params::to_vec(s.model()), before);
     let mut r = Reptile::new(
         metalearn_update::ReptileConfig::new().with_inner_lr(1e38),
