@@ -415,6 +415,38 @@ fn query_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     })
 }
 
+/// The meta-gradient of a meta-batch at the current `model` (and learned step sizes
+/// `size_model`, Meta-SGD): every task's [`task_gradient`] on `pool`'s lanes, averaged in task
+/// order.
+pub(crate) fn meta_batch_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+    pool: &metalearn_core::TaskPool,
+    model: &M,
+    size_model: Option<&M>,
+    sizes: &Sizes<Tensor<B, 1>>,
+    episodes: &[EpisodeData],
+    (inner_steps, second_order): (usize, bool),
+    device: &B::Device,
+) -> Result<BatchGradient> {
+    metalearn_core::episode::check_meta_batch(episodes)?;
+    let (theta, rates) = (model.valid(), size_model.map(AutodiffModule::valid));
+    let jobs: Vec<_> = episodes
+        .iter()
+        .map(|e| (theta.clone(), rates.clone(), e))
+        .collect();
+    let parts = pool.map(jobs, |_, (theta, rates, ep)| {
+        Ok(task_gradient::<B, M, D>(
+            theta,
+            rates,
+            sizes,
+            ep,
+            inner_steps,
+            second_order,
+            device,
+        ))
+    })?;
+    combine::<B, M>(model, size_model, parts)
+}
+
 /// Mean of per-task gradients of `model`'s parameters, matched by parameter id.
 pub(crate) fn mean_grads<B: Backend, M: AutodiffModule<AB<B>>>(
     model: &M,

@@ -13,7 +13,7 @@
 //! is applied to θ.
 
 use crate::inner::{
-    adapt, adaptation_curve, combine, evaluate, evaluate_after, guarded_step, task_gradient,
+    adapt, adaptation_curve, evaluate, evaluate_after, guarded_step, meta_batch_gradient,
     BatchGradient, Sizes, AB,
 };
 use crate::Result as UpdateResult;
@@ -22,7 +22,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use metalearn_core::episode::{check_meta_batch, EpisodeData, HostBatch};
+use metalearn_core::episode::{EpisodeData, HostBatch};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
@@ -214,23 +214,15 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
         &self,
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<BatchGradient> {
-        check_meta_batch(episodes)?;
-        let theta = self.model.valid();
-        let sizes = self.sizes();
-        let jobs: Vec<_> = episodes.iter().map(|e| (theta.clone(), e)).collect();
-        let (cfg, device) = (&self.config, &self.device);
-        let parts = self.pool.map(jobs, |_, (theta, ep)| {
-            Ok(task_gradient::<B, M, D>(
-                theta,
-                None,
-                &sizes,
-                ep,
-                cfg.inner_steps,
-                cfg.second_order,
-                device,
-            ))
-        })?;
-        combine::<B, M>(&self.model, None, parts)
+        meta_batch_gradient::<B, M, D>(
+            &self.pool,
+            &self.model,
+            None,
+            &self.sizes(),
+            episodes,
+            (self.config.inner_steps, self.config.second_order),
+            &self.device,
+        )
     }
 
     /// Apply a meta-gradient unless its loss diverged (then nothing changes).

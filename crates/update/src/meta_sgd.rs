@@ -4,7 +4,7 @@
 //! second-order machinery as [`Maml`](crate::Maml).
 
 use crate::inner::{
-    adapt, adaptation_curve, combine, evaluate_after, guarded_step, task_gradient, Sizes, AB,
+    adapt, adaptation_curve, evaluate_after, guarded_step, meta_batch_gradient, Sizes, AB,
 };
 use crate::maml::MamlConfig;
 use crate::Result as UpdateResult;
@@ -114,26 +114,15 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
         &self,
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<crate::inner::BatchGradient> {
-        metalearn_core::episode::check_meta_batch(episodes)?;
-        let (theta, rates) = (self.model.valid(), self.rates.valid());
-        let sizes = self.sizes();
-        let jobs: Vec<_> = episodes
-            .iter()
-            .map(|e| (theta.clone(), rates.clone(), e))
-            .collect();
-        let (cfg, device) = (&self.config, &self.device);
-        let parts = self.pool.map(jobs, |_, (theta, rates, ep)| {
-            Ok(task_gradient::<B, M, D>(
-                theta,
-                Some(rates),
-                &sizes,
-                ep,
-                cfg.inner_steps,
-                cfg.second_order,
-                device,
-            ))
-        })?;
-        combine::<B, M>(&self.model, Some(&self.rates), parts)
+        meta_batch_gradient::<B, M, D>(
+            &self.pool,
+            &self.model,
+            Some(&self.rates),
+            &self.sizes(),
+            episodes,
+            (self.config.inner_steps, self.config.second_order),
+            &self.device,
+        )
     }
 }
 

@@ -317,3 +317,26 @@ proptest! {
         let _ = b.adaptation_curve(&ep, 1);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Random image shapes and ways against a Conv4 built for 3-way 1-channel 16x16 images:
+    /// `Ok` exactly when they fit, a typed error otherwise, never a panic.
+    #[test]
+    fn random_image_shapes_never_panic(
+        ways in 1usize..5, channels in 1usize..4, size in 1usize..40,
+    ) {
+        let ep = images(ways, 1, channels, size);
+        let fits = ways == 3 && channels == 1 && (16..32).contains(&size);
+        let mut l = maml(conv4(3, 1, 16), false);
+        let r = l.meta_step(std::slice::from_ref(&ep));
+        prop_assert_eq!(r.is_ok(), fits, "{:?}", r);
+        let e = l.evaluate(&ep, 1);
+        prop_assert_eq!(e.is_ok(), fits, "{:?}", e);
+        // ProtoNet needs only the body to fit (any ways, any size that survives pooling).
+        let mut p = ProtoNet::new(ProtoNetConfig::new(), conv4(3, 1, 16), Default::default()).unwrap();
+        let r = p.meta_step(std::slice::from_ref(&ep));
+        prop_assert_eq!(r.is_ok(), channels == 1 && size >= 16, "{:?}", r);
+    }
+}
