@@ -54,10 +54,15 @@ pub fn check_episode<B: Backend, M: MetaModule<B, D>, const D: usize>(
     model: &M,
     episode: &crate::episode::EpisodeData,
 ) -> crate::Result<()> {
-    episode.validate()?;
-    episode.check_rank(D)?;
-    let width = model.output_width(&episode.support.input_shape[1..])?;
+    let width = model.output_width(example_shape(episode, D)?)?;
     episode.check_width(width)
+}
+
+/// The episode validated for rank-`rank` inputs, and one example's shape.
+fn example_shape(episode: &crate::episode::EpisodeData, rank: usize) -> crate::Result<&[usize]> {
+    episode.validate()?;
+    episode.check_rank(rank)?;
+    Ok(&episode.support.input_shape[1..])
 }
 
 /// A model that can run `T` tasks at once with per-task ("fast") weights stacked along a leading
@@ -131,9 +136,7 @@ pub fn check_embed_episode<B: Backend, M: EmbeddingModule<B, D>, const D: usize>
     model: &M,
     episode: &crate::episode::EpisodeData,
 ) -> crate::Result<()> {
-    episode.validate()?;
-    episode.check_rank(D)?;
-    model.check_embed_input(&episode.support.input_shape[1..])
+    model.check_embed_input(example_shape(episode, D)?)
 }
 
 /// Outputs for `query` computed *non-transductively*: each query example goes through the

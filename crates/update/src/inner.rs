@@ -192,7 +192,6 @@ pub(crate) fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
         let leaf: M = params::require_grad(M::from_inner(phi.clone()));
         let out = leaf.forward(support.inputs.clone());
         let loss = task_loss(episode.kind, out, support.targets.clone())?;
-        adaptation_finite(s, scalar(loss.clone().inner()))?;
         let grads = metalearn_core::parallel::backward(loss)?;
         let g = collect_grads::<AB<B>, _>(&leaf, &grads);
         phi = params::map_indexed(phi, |i, t| Ok(rule.update(i, t, g[i].clone())))?;
@@ -212,8 +211,9 @@ pub(crate) fn adapt<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     adapt_inner::<B, M, D>(start, episode, steps, rule, device, |_, _| Ok(()))
 }
 
-/// An adaptation whose support loss is no longer finite at inner step `step` (or whose query
-/// loss is not, `step` = the steps taken) is [`Error::AdaptationDiverged`], not a NaN metric.
+/// An adaptation whose query loss after `step` inner steps is not finite (a diverged inner loop
+/// makes the adapted parameters, and so the loss, non-finite) is [`Error::AdaptationDiverged`],
+/// not a NaN metric.
 pub(crate) fn adaptation_finite(step: usize, loss: f64) -> Result<f64> {
     if loss.is_finite() {
         Ok(loss)

@@ -11,7 +11,9 @@ use burn::config::Config;
 use burn::tensor::backend::Backend;
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
-use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
+use metalearn_core::learner::{
+    check_finite, check_finite_model, AdaptationCurve, MetaLearner, StepStats,
+};
 use metalearn_core::model::MetaTrainable;
 use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
@@ -213,12 +215,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         let loss = check_finite(self.iterations, loss / n)?;
         let mean = params::average(&phis)?;
         let next = params::interpolate(theta, &mean, self.epsilon())?;
-        if !params::to_vec(&next).iter().all(|v| v.is_finite()) {
-            return Err(Error::Diverged {
-                iteration: self.iterations,
-                value: f64::NAN,
-            });
-        }
+        check_finite_model(self.iterations, &next)?;
         self.model = params::require_grad(<M as burn::module::AutodiffModule<_>>::from_inner(next));
         let stats = StepStats {
             iteration: self.iterations,
