@@ -7,6 +7,7 @@ mod dynamics;
 mod omniglot;
 mod search;
 mod sinusoid;
+mod speed;
 mod update;
 
 use anyhow::Result;
@@ -54,7 +55,8 @@ pub struct Args {
     pub full: bool,
     /// Which suites to run: sinusoid, omniglot, update (averaging, distillation, transfer),
     /// search (random / REINFORCE / evolution), dynamics (dynamical systems, online adaptation,
-    /// sample efficiency, generalisation, interpretability), or all.
+    /// sample efficiency, generalisation, interpretability), speed (Conv4, MAML, ProtoNet and
+    /// sinusoid timings, per layer; `--peers` for PyTorch side by side), or all.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// Override the number of meta-training iterations.
@@ -72,6 +74,16 @@ pub struct Args {
     /// Hide the progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Speed suite: a Python with torch and learn2learn; runs `benches/peers/speed.py` with it,
+    /// interleaved with our workloads, and reports ours / theirs.
+    #[arg(long)]
+    pub peers: Option<PathBuf>,
+    /// Speed suite: only the workloads whose name contains this (e.g. `layers/block2`).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Speed suite: one thread count instead of 1 and 2.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Download the official Omniglot zips (sha256-checked, needs curl and internet) into the
     /// data folder (`METALEARN_DATA`, else the user cache dir) when they are missing.
     #[arg(long)]
@@ -81,10 +93,15 @@ pub struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let suites: Vec<&str> = match args.suite.as_str() {
-        "all" => vec!["sinusoid", "omniglot", "update", "search", "dynamics"],
-        "sinusoid" | "omniglot" | "update" | "search" | "dynamics" => vec![args.suite.as_str()],
+        "all" => vec![
+            "speed", "sinusoid", "omniglot", "update", "search", "dynamics",
+        ],
+        "sinusoid" | "omniglot" | "update" | "search" | "dynamics" | "speed" => {
+            vec![args.suite.as_str()]
+        }
         other => anyhow::bail!(
-            "unknown suite `{other}` (expected sinusoid, omniglot, update, search, dynamics or all)"
+            "unknown suite `{other}` (expected speed, sinusoid, omniglot, update, search, dynamics \
+             or all)"
         ),
     };
     if args.download {
@@ -103,6 +120,9 @@ fn main() -> Result<()> {
         let report = match suite {
             "sinusoid" => {
                 metalearn_core::with_backend!(args.backend, B => sinusoid::run::<B>(&args, &dir))?
+            }
+            "speed" => {
+                metalearn_core::with_backend!(args.backend, B => speed::run::<B>(&args, &dir))?
             }
             _ => {
                 let r = match suite {

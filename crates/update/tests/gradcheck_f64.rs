@@ -15,7 +15,7 @@ use metalearn_core::episode::EpisodeData;
 use metalearn_core::{params, MetaTrainable, SeedStream, TaskDistribution};
 use metalearn_tasks::{InMemoryClasses, NWayKShot, NWayKShotConfig, Sinusoid, SinusoidConfig};
 use metalearn_update::{BatchedMaml, Maml, MamlConfig};
-use metalearn_zoo::{Conv4Config, MlpConfig};
+use metalearn_zoo::{Conv4Config, ConvPath, MlpConfig};
 use rand::Rng;
 use std::sync::{Arc, Once};
 
@@ -122,13 +122,14 @@ fn mlp_second_order_three_steps_matches_finite_differences() {
     check_mlp(3);
 }
 
-fn check_conv(steps: usize) {
+fn check_conv(steps: usize, path: ConvPath) {
     setup();
     let device = Default::default();
     // Conv4's architecture (4 × conv-BN-ReLU-pool + head) at a size finite differences can afford.
     let model = Conv4Config::new(3)
         .with_filters(4)
         .with_input_size(16)
+        .with_conv_path(path)
         .init::<Autodiff<B>>(5, &device)
         .unwrap();
     // Random pixels (seeded): structured synthetic images make exact ties and dead channels
@@ -178,14 +179,21 @@ fn check_conv(steps: usize) {
     assert!(rel_err(&gf, &g) > 1e-3);
 }
 
+/// The default path on CPU backends: channel-major im2col convolutions.
 #[test]
 fn conv_second_order_one_step_matches_finite_differences() {
-    check_conv(1);
+    check_conv(1, ConvPath::Auto);
 }
 
 #[test]
 fn conv_second_order_three_steps_matches_finite_differences() {
-    check_conv(3);
+    check_conv(3, ConvPath::Auto);
+}
+
+/// burn's `conv2d` path (the default on GPU backends).
+#[test]
+fn conv_second_order_burn_conv2d_path_matches_finite_differences() {
+    check_conv(1, ConvPath::Burn);
 }
 
 /// Hinton et al.'s distillation loss: its autodiff gradient with respect to the student's logits

@@ -1,6 +1,6 @@
 //! Conv4: the standard few-shot backbone.
 
-use crate::layers::{max_pool2x2, BatchNorm2d, Conv2d, Dense};
+use crate::layers::{max_pool2x2, BatchNorm2d, Conv2d, ConvPath, Dense};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{activation::relu, backend::Backend, Tensor};
@@ -18,6 +18,10 @@ use metalearn_core::seed::rng;
 /// | `filters` | 64 | filters per conv block | ≥ 1 |
 /// | `blocks` | 4 | conv blocks | ≥ 1 |
 /// | `kernel` | 3 | conv kernel size (odd) | odd ≥ 1 |
+/// | `conv_path` | `auto` | how convolutions are computed ([`ConvPath`]): the channel-major im2col path on CPU, burn's `conv2d` elsewhere | — |
+///
+/// Both paths compute the same function (a test checks values and gradients); only speed
+/// differs.
 #[derive(Config, Debug)]
 pub struct Conv4Config {
     /// Output classes.
@@ -37,6 +41,9 @@ pub struct Conv4Config {
     /// Kernel size.
     #[config(default = 3)]
     pub kernel: usize,
+    /// How convolutions are computed.
+    #[config(default = "ConvPath::Auto")]
+    pub conv_path: ConvPath,
 }
 
 impl Conv4Config {
@@ -92,7 +99,12 @@ impl Conv4Config {
             norms.push(BatchNorm2d::new(self.filters, device));
         }
         let head = Dense::new(&mut r, self.embedding_dim(), self.ways, device);
-        Ok(Conv4 { convs, norms, head })
+        Ok(Conv4 {
+            convs,
+            norms,
+            head,
+            path: self.conv_path.resolve::<B>(device),
+        })
     }
 }
 
@@ -106,23 +118,79 @@ pub struct Conv4<B: Backend> {
     pub norms: Vec<BatchNorm2d<B>>,
     /// Linear classifier on the flattened features.
     pub head: Dense<B>,
+    /// How the convolutions are computed (resolved for the backend at `init`; not a parameter).
+    #[module(skip)]
+    pub path: ConvPath,
 }
 
 /// conv → batch norm → 2×2 max-pool → ReLU. ReLU is monotone, so it commutes with max-pooling:
 /// the same function as the usual conv → BN → ReLU → pool, with ReLU on a 4× smaller tensor.
-fn block<B: Backend>(conv: &Conv2d<B>, norm: &BatchNorm2d<B>, h: Tensor<B, 4>) -> Tensor<B, 4> {
-    relu(max_pool2x2(norm.forward(conv.forward(h))))
+/// `channel_major`: `h` is `[C, N, H, W]` (and so is the result), else `[N, C, H, W]`.
+fn block<B: Backend>(
+    conv: &Conv2d<B>,
+    norm: &BatchNorm2d<B>,
+    h: Tensor<B, 4>,
+    channel_major: bool,
+) -> Tensor<B, 4> {
+    if channel_major {
+        relu(max_pool2x2(
+            norm.forward_channel_major(conv.forward_channel_major(h)),
+        ))
+    } else {
+        relu(max_pool2x2(norm.forward(conv.forward(h))))
+    }
 }
 
 impl<B: Backend> Conv4<B> {
+    fn channel_major(&self) -> bool {
+        self.path.resolve::<B>(&self.head.bias.device()) == ConvPath::ChannelMajor
+    }
+
+    /// Each block's output, `[N, C, H, W]` images in: channel-major (`[C, N, H, W]`) on the
+    /// channel-major path, `[N, C, H, W]` otherwise.
+    fn blocks(&self, x: Tensor<B, 4>) -> (Vec<Tensor<B, 4>>, bool) {
+        let cm = self.channel_major();
+        let mut h = if cm { to_channel_major(x) } else { x };
+        let mut out = Vec::with_capacity(self.convs.len());
+        for (conv, norm) in self.convs.iter().zip(&self.norms) {
+            h = block(conv, norm, h, cm);
+            out.push(h.clone());
+        }
+        (out, cm)
+    }
+
     /// The flattened embedding `[n, embedding_dim]` (body output).
     pub fn embed(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut h = x;
+        let cm = self.channel_major();
+        let mut h = if cm { to_channel_major(x) } else { x };
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            h = block(conv, norm, h);
+            h = block(conv, norm, h, cm);
         }
+        flatten(h, cm)
+    }
+}
+
+/// `[N, C, H, W]` -> `[C, N, H, W]` (free for one channel).
+fn to_channel_major<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    if c == 1 {
+        x.reshape([1, n, h, w])
+    } else {
+        x.swap_dims(0, 1)
+    }
+}
+
+/// Block output -> `[N, C·H·W]`, flattened in PyTorch's `(c, h, w)` order on both paths.
+fn flatten<B: Backend>(h: Tensor<B, 4>, channel_major: bool) -> Tensor<B, 2> {
+    if !channel_major {
         let n = h.dims()[0];
-        h.reshape([n as i32, -1])
+        return h.reshape([n as i32, -1]);
+    }
+    let [c, n, fh, fw] = h.dims();
+    if fh * fw == 1 {
+        h.reshape([c, n]).transpose()
+    } else {
+        h.swap_dims(0, 1).reshape([n, c * fh * fw])
     }
 }
 
@@ -145,15 +213,11 @@ impl<B: Backend> Conv4<B> {
     /// The representation after each conv block (flattened to `[n, features]`) and the logits:
     /// `blocks + 1` matrices, for layer-wise analyses such as CKA.
     pub fn block_outputs(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
-        let mut out = Vec::with_capacity(self.convs.len() + 1);
-        let mut h = x;
-        for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            h = block(conv, norm, h);
-            let n = h.dims()[0];
-            out.push(h.clone().reshape([n as i32, -1]));
+        let (blocks, cm) = self.blocks(x);
+        let mut out: Vec<Tensor<B, 2>> = blocks.into_iter().map(|h| flatten(h, cm)).collect();
+        if let Some(last) = out.last().cloned() {
+            out.push(self.head.forward(last));
         }
-        let n = h.dims()[0];
-        out.push(self.head.forward(h.reshape([n as i32, -1])));
         out
     }
 }
@@ -256,6 +320,63 @@ mod tests {
             body[..n_body]
         );
         assert!(m20.with_new_head(0, 3).is_err());
+    }
+
+    /// The channel-major im2col path and burn's `conv2d` path compute the same function, with
+    /// the same gradients, for several channel counts, kernel sizes and feature-map sizes.
+    #[test]
+    fn channel_major_path_matches_burn_conv2d() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<B>;
+        let d = Default::default();
+        for (c_in, size, filters, blocks, kernel) in [
+            (1, 28, 8, 4, 3),
+            (3, 12, 6, 2, 3),
+            (2, 10, 4, 1, 5),
+            (3, 8, 5, 2, 1),
+        ] {
+            let cfg = Conv4Config::new(4)
+                .with_in_channels(c_in)
+                .with_input_size(size)
+                .with_filters(filters)
+                .with_blocks(blocks)
+                .with_kernel(kernel);
+            let n = 6;
+            let v: Vec<f32> = (0..n * c_in * size * size)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
+                .collect();
+            let run = |path: ConvPath| {
+                let m = cfg.clone().with_conv_path(path).init::<A>(11, &d).unwrap();
+                let m = metalearn_core::params::require_grad(m);
+                let x = Tensor::<A, 4>::from_data(
+                    TensorData::new(v.clone(), [n, c_in, size, size]),
+                    &d,
+                );
+                let y = m.forward(x);
+                let out: Vec<f32> = y.clone().into_data().iter::<f32>().collect();
+                let grads = (y.clone() * y).sum().backward();
+                let grads = burn::optim::GradientsParams::from_grads(grads, &m);
+                let g = metalearn_core::params::grads_to_vec::<A, Conv4<A>>(&m, &grads);
+                (out, g)
+            };
+            let (y_cm, g_cm) = run(ConvPath::ChannelMajor);
+            let (y_b, g_b) = run(ConvPath::Burn);
+            let close = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs()))
+            };
+            assert!(close(&y_cm, &y_b), "forward differs for {cfg:?}");
+            assert_eq!(g_cm.len(), g_b.len());
+            let worst = g_cm
+                .iter()
+                .zip(&g_b)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-3, "gradients differ by {worst} for {cfg:?}");
+        }
+        assert_eq!(ConvPath::Auto.resolve::<B>(&d), ConvPath::ChannelMajor);
+        assert_eq!(ConvPath::Burn.resolve::<B>(&d), ConvPath::Burn);
     }
 
     #[test]

@@ -5,6 +5,26 @@
 //! [`max_pool2x2`] gathers the input at the argmax of burn's pooling kernel. burn's `nn::BatchNorm` broadcasts `[1, C, 1, 1]` over
 //! `[N, C, H, W]`, which misses burn-flex's fast path; [`batch_norm_train`] repeats per-channel
 //! statistics to `[N, C, 1, 1]` instead (measured ~3× faster for Conv4 forward + backward).
+//!
+//! # The channel-major fast path (CPU)
+//!
+//! [`Conv2d::forward_channel_major`], [`batch_norm_channel_major`] and [`max_pool2x2`] also work
+//! on *channel-major* activations `[C, N, H, W]` (one row of `N·H·W` values per channel):
+//!
+//! - the convolution is an im2col by `k²` shifted slices of the zero-padded input, concatenated
+//!   into a `[k²·C, N·H·W]` matrix, and **one matmul** `W[O, k²·C] · cols`; its output is
+//!   channel-major again, so no layer ever transposes an activation. Forward and backward are
+//!   GEMMs plus copies, and every op nests under `Autodiff<Autodiff<B>>` (exact second order);
+//! - batch-norm statistics are reductions over contiguous rows, and the per-channel scale and
+//!   shift are `[C, 1]` columns, which burn-flex broadcasts on its SIMD fast path without
+//!   materialising anything;
+//! - pooling treats `[C, N]` as the batch dimensions.
+//!
+//! burn 0.21's own `conv2d` backward on burn-flex goes through a generic convolution with the
+//! gradient map as kernel and a transposed convolution, several times slower than the GEMMs
+//! (see docs/ARCHITECTURE.md, "Conv4 fast path", for the per-layer measurements).
+//! [`ConvPath`] picks the path: `Auto` uses the channel-major path on the CPU backends and burn's
+//! `conv2d` elsewhere (GPU backends have tuned convolution kernels).
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::ops::ConvOptions;
@@ -86,6 +106,12 @@ impl<B: Backend> Conv2d<B> {
         }
     }
 
+    /// Convolve channel-major `x: [in, n, h, w]` to `[out, n, h, w]` (im2col + one matmul; see
+    /// [`conv2d_channel_major`]).
+    pub fn forward_channel_major(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv2d_channel_major(x, self.weight.val(), self.bias.val())
+    }
+
     /// Convolve `x: [n, in, h, w]` to `[n, out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let k = self.weight.dims()[2];
@@ -97,6 +123,159 @@ impl<B: Backend> Conv2d<B> {
             ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
         )
     }
+}
+
+/// How a convolutional model computes its convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvPath {
+    /// [`ChannelMajor`](Self::ChannelMajor) on CPU backends (burn-flex, burn-ndarray),
+    /// [`Burn`](Self::Burn) on every other backend.
+    #[default]
+    Auto,
+    /// Channel-major activations, im2col + one matmul per convolution (see the module docs).
+    ChannelMajor,
+    /// burn's `conv2d` on `[N, C, H, W]` activations.
+    Burn,
+}
+
+impl ConvPath {
+    /// The concrete path for backend `B` (never `Auto`).
+    pub fn resolve<B: Backend>(self, device: &B::Device) -> Self {
+        match self {
+            Self::Auto => {
+                let name = B::name(device).to_ascii_lowercase();
+                if name.contains("flex") || name.contains("ndarray") {
+                    Self::ChannelMajor
+                } else {
+                    Self::Burn
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// im2col + matmul convolution with stride 1 and "same" padding on channel-major activations.
+///
+/// `x: [C, N, H, W]`, `weight: [O, C, k, k]` (PyTorch's layout), `bias: [O]`; returns
+/// `[O, N, H, W]`. The same function as [`burn::tensor::module::conv2d`] with padding `k / 2`
+/// (a test checks values and gradients), built only from slices, a concatenation, a reshape and
+/// a matmul, so it nests under double autodiff.
+pub fn conv2d_channel_major<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, 4> {
+    let [c, n, h, w] = x.dims();
+    let [o, _, k, _] = weight.dims();
+    let cols = if k == 1 {
+        x.reshape([c, n * h * w])
+    } else {
+        let p = k / 2;
+        let padded = Tensor::<B, 4>::zeros([c, n, h + 2 * p, w + 2 * p], &x.device())
+            .slice_assign([0..c, 0..n, p..p + h, p..p + w], x);
+        let shifted: Vec<Tensor<B, 4>> = (0..k * k)
+            .map(|i| {
+                let (dy, dx) = (i / k, i % k);
+                padded.clone().slice([0..c, 0..n, dy..dy + h, dx..dx + w])
+            })
+            .collect();
+        // Row `(dy·k + dx)·C + c` holds input channel `c` shifted by `(dy, dx)`.
+        Tensor::cat(shifted, 0).reshape([k * k * c, n * h * w])
+    };
+    // [O, C, k, k] -> [O, k, k, C] -> [O, k²·C], matching the rows of `cols`.
+    let wmat = weight.permute([0, 2, 3, 1]).reshape([o, k * k * c]);
+    (wmat.matmul(cols) + bias.reshape([o, 1])).reshape([o, n, h, w])
+}
+
+/// The source rows of a channels-last im2col: for every output pixel `(n, y, x)` (row-major)
+/// and kernel offset `(dy, dx)`, the row of `[N·H·W + 1, C]` it reads, where row `N·H·W` is
+/// the zero row that stands for the padding. Cached per shape (host memory).
+fn im2col_rows(n: usize, h: usize, w: usize, k: usize) -> std::sync::Arc<Vec<i64>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    type Cache = Mutex<HashMap<[usize; 4], Arc<Vec<i64>>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = [n, h, w, k];
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return v.clone();
+    }
+    let p = (k / 2) as isize;
+    let zero = (n * h * w) as i64;
+    let mut rows = Vec::with_capacity(n * h * w * k * k);
+    for b in 0..n {
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                for dy in 0..k as isize {
+                    for dx in 0..k as isize {
+                        let (yy, xx) = (y + dy - p, x + dx - p);
+                        rows.push(
+                            if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                                zero
+                            } else {
+                                ((b * h + yy as usize) * w + xx as usize) as i64
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let v = Arc::new(rows);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, v.clone());
+    v
+}
+
+/// Convolution on channels-last activations `x: [N, H, W, C]` (stride 1, "same" padding):
+/// one `select` of rows builds the im2col matrix `[N·H·W, k²·C]`, one matmul applies the
+/// weights. Returns `[N, H, W, O]`.
+pub fn conv2d_channels_last<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, 4> {
+    let [n, h, w, c] = x.dims();
+    let [o, _, k, _] = weight.dims();
+    let m = n * h * w;
+    let device = x.device();
+    let rows = Tensor::cat(
+        vec![x.reshape([m, c]), Tensor::<B, 2>::zeros([1, c], &device)],
+        0,
+    );
+    let idx = im2col_rows(n, h, w, k);
+    let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        TensorData::new(idx.as_ref().clone(), [m * k * k]),
+        &device,
+    );
+    let cols = rows.select(0, idx).reshape([m, k * k * c]);
+    let wmat = weight.permute([2, 3, 1, 0]).reshape([k * k * c, o]);
+    (cols.matmul(wmat) + bias.reshape([1, o])).reshape([n, h, w, o])
+}
+
+/// [`batch_norm_train`] on channel-major activations `x: [C, N, H, W]`: statistics are
+/// reductions over contiguous rows and scale and shift broadcast as `[C, 1]` columns.
+pub fn batch_norm_channel_major<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 4> {
+    let [c, n, h, w] = x.dims();
+    let m = n * h * w;
+    let inv_count = 1.0 / m as f64;
+    let rows = x.reshape([c, m]);
+    let mean = rows.clone().sum_dim(1).mul_scalar(inv_count);
+    let centered = rows - mean;
+    let var = (centered.clone() * centered.clone())
+        .sum_dim(1)
+        .mul_scalar(inv_count);
+    let scale = var.add_scalar(eps).sqrt().recip() * gamma.reshape([c, 1]);
+    (centered * scale + beta.reshape([c, 1])).reshape([c, n, h, w])
 }
 
 /// Batch norm with learned scale and shift and no running statistics: always normalises with
@@ -121,6 +300,11 @@ impl<B: Backend> BatchNorm2d<B> {
     /// Normalise `x: [n, c, h, w]` with batch statistics.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         batch_norm_train(x, self.gamma.val(), self.beta.val(), 1e-5)
+    }
+
+    /// Normalise channel-major `x: [c, n, h, w]` with batch statistics.
+    pub fn forward_channel_major(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        batch_norm_channel_major(x, self.gamma.val(), self.beta.val(), 1e-5)
     }
 }
 
@@ -147,29 +331,34 @@ pub fn batch_norm_train<B: Backend>(
     centered * scale + shift
 }
 
-/// 2×2 max-pooling with stride 2 (odd trailing rows and columns are dropped, like PyTorch's
-/// floor mode) that nests under double autodiff.
+/// 2×2 max-pooling with stride 2 over the last two dimensions (odd trailing rows and columns
+/// are dropped, like PyTorch's floor mode) that nests under double autodiff. The first two
+/// dimensions are batch dimensions, so it pools `[N, C, H, W]` and channel-major `[C, N, H, W]`
+/// alike.
 ///
-/// burn's pooling kernel finds the argmax on a detached copy; the values are then a `gather` of
-/// the input at those positions, whose backward (a scatter-add, itself differentiable) is what
-/// autodiff sees. Measured on burn-flex (80 × 64 × 28 × 28, forward + backward): ~2× faster than
-/// the reshape + `max_dim` formulation it replaces.
-/// Untracked inputs (inference) take a reshape + `max_dim` path instead, whose forward pass is
-/// faster still.
+/// On autodiff backends burn's pooling kernel finds the argmax on a detached copy; the values are
+/// then a `gather` of the input at those positions, whose backward (a scatter-add, itself
+/// differentiable) is what autodiff sees. Measured on burn-flex (80 × 64 × 28 × 28, forward +
+/// backward): ~2× faster than the reshape + `max_dim` formulation, whose backward is a general
+/// N-D scatter. Backends without autodiff (inference) take the reshape + `max_dim` path, whose
+/// forward pass is faster.
+///
+/// The branch is chosen by the *backend* (`B::ad_enabled(device)`), not by `x.is_require_grad()`:
+/// burn-autodiff 0.21 reports `true` there only for leaf tensors, so every activation inside a
+/// network (an intermediate) would take the inference path during training.
 pub fn max_pool2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     let (h2, w2) = (h / 2, w / 2);
-    if !x.is_require_grad() {
-        let x = if h % 2 == 1 || w % 2 == 1 {
-            x.slice([0..n, 0..c, 0..h2 * 2, 0..w2 * 2])
-        } else {
-            x
-        };
-        return x
-            .reshape([n, c, h2, 2, w2, 2])
-            .max_dim(5)
-            .max_dim(3)
-            .reshape([n, c, h2, w2]);
+    if !B::ad_enabled(&x.device()) {
+        return burn::tensor::module::max_pool2d_with_indices(
+            x,
+            [2, 2],
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            false,
+        )
+        .0;
     }
     let (_, argmax) = burn::tensor::module::max_pool2d_with_indices(
         x.clone().detach(),
@@ -179,7 +368,8 @@ pub fn max_pool2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
         [1, 1],
         false,
     );
-    x.reshape([n, c, h * w])
-        .gather(2, argmax.reshape([n, c, h2 * w2]))
+    // 2-D gather (and scatter-add backward): burn-flex's fast path.
+    x.reshape([n * c, h * w])
+        .gather(1, argmax.reshape([n * c, h2 * w2]))
         .reshape([n, c, h2, w2])
 }

@@ -28,5 +28,8 @@ mod layers;
 mod mlp;
 
 pub use conv4::{Conv4, Conv4Config};
-pub use layers::{batch_norm_train, max_pool2x2, BatchNorm2d, Conv2d, Dense};
+pub use layers::{
+    batch_norm_channel_major, batch_norm_train, conv2d_channel_major, conv2d_channels_last,
+    max_pool2x2, BatchNorm2d, Conv2d, ConvPath, Dense,
+};
 pub use mlp::{Mlp, MlpConfig};
