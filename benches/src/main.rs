@@ -15,6 +15,9 @@ use clap::Parser;
 use metalearn_core::backend::BackendKind;
 use std::path::PathBuf;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A progress bar for `n` steps labelled `name` (hidden with `--no-progress`).
 pub(crate) fn progress_bar(n: usize, name: &str, hidden: bool) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressStyle};

@@ -160,33 +160,46 @@ impl ConvPath {
 ///
 /// `x: [C, N, H, W]`, `weight: [O, C, k, k]` (PyTorch's layout), `bias: [O]`; returns
 /// `[O, N, H, W]`. The same function as [`burn::tensor::module::conv2d`] with padding `k / 2`
-/// (a test checks values and gradients), built only from slices, a concatenation, a reshape and
-/// a matmul, so it nests under double autodiff.
+/// (tests check values and gradients), built from a transpose, a concatenation, a row
+/// `select` and a matmul, so it nests under double autodiff. The im2col matrix is built
+/// channels-last (`[N·H·W, k²·C]`, one row copy of `C` values per pixel and kernel offset),
+/// the layout whose `select` and its backward (a row scatter-add) run on contiguous rows.
 pub fn conv2d_channel_major<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Tensor<B, 1>,
 ) -> Tensor<B, 4> {
     let [c, n, h, w] = x.dims();
+    let o = weight.dims()[0];
+    let m = n * h * w;
+    // One row per pixel (a transposing copy of the small input), plus the zero row.
+    let rows = x.reshape([c, m]).transpose();
+    let out = conv_rows(rows, weight, [n, h, w]);
+    // [N·H·W, O] -> [O, N·H·W] (copied once by the bias add).
+    (out.transpose() + bias.reshape([o, 1])).reshape([o, n, h, w])
+}
+
+/// The im2col convolution on pixel rows `rows: [N·H·W, C]` (any layout): one `select` of rows
+/// builds `[N·H·W, k²·C]` (the padding reads a zero row), one matmul gives `[N·H·W, O]`. Its
+/// backward is one matmul and one row scatter-add, and both nest under double autodiff.
+fn conv_rows<B: Backend>(
+    rows: Tensor<B, 2>,
+    weight: Tensor<B, 4>,
+    [n, h, w]: [usize; 3],
+) -> Tensor<B, 2> {
+    let [m, c] = rows.dims();
     let [o, _, k, _] = weight.dims();
-    let cols = if k == 1 {
-        x.reshape([c, n * h * w])
-    } else {
-        let p = k / 2;
-        let padded = Tensor::<B, 4>::zeros([c, n, h + 2 * p, w + 2 * p], &x.device())
-            .slice_assign([0..c, 0..n, p..p + h, p..p + w], x);
-        let shifted: Vec<Tensor<B, 4>> = (0..k * k)
-            .map(|i| {
-                let (dy, dx) = (i / k, i % k);
-                padded.clone().slice([0..c, 0..n, dy..dy + h, dx..dx + w])
-            })
-            .collect();
-        // Row `(dy·k + dx)·C + c` holds input channel `c` shifted by `(dy, dx)`.
-        Tensor::cat(shifted, 0).reshape([k * k * c, n * h * w])
-    };
-    // [O, C, k, k] -> [O, k, k, C] -> [O, k²·C], matching the rows of `cols`.
-    let wmat = weight.permute([0, 2, 3, 1]).reshape([o, k * k * c]);
-    (wmat.matmul(cols) + bias.reshape([o, 1])).reshape([o, n, h, w])
+    let device = rows.device();
+    let rows = Tensor::cat(vec![rows, Tensor::<B, 2>::zeros([1, c], &device)], 0);
+    let idx = im2col_rows(n, h, w, k);
+    let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        TensorData::new(idx.as_ref().clone(), [m * k * k]),
+        &device,
+    );
+    let cols = rows.select(0, idx).reshape([m, k * k * c]);
+    // [O, C, k, k] -> [k, k, C, O] -> [k²·C, O], matching the columns of `cols`.
+    let wmat = weight.permute([2, 3, 1, 0]).reshape([k * k * c, o]);
+    cols.matmul(wmat)
 }
 
 /// The source rows of a channels-last im2col: for every output pixel `(n, y, x)` (row-major)
@@ -240,21 +253,9 @@ pub fn conv2d_channels_last<B: Backend>(
     bias: Tensor<B, 1>,
 ) -> Tensor<B, 4> {
     let [n, h, w, c] = x.dims();
-    let [o, _, k, _] = weight.dims();
-    let m = n * h * w;
-    let device = x.device();
-    let rows = Tensor::cat(
-        vec![x.reshape([m, c]), Tensor::<B, 2>::zeros([1, c], &device)],
-        0,
-    );
-    let idx = im2col_rows(n, h, w, k);
-    let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
-        TensorData::new(idx.as_ref().clone(), [m * k * k]),
-        &device,
-    );
-    let cols = rows.select(0, idx).reshape([m, k * k * c]);
-    let wmat = weight.permute([2, 3, 1, 0]).reshape([k * k * c, o]);
-    (cols.matmul(wmat) + bias.reshape([1, o])).reshape([n, h, w, o])
+    let o = weight.dims()[0];
+    let out = conv_rows(x.reshape([n * h * w, c]), weight, [n, h, w]);
+    (out + bias.reshape([1, o])).reshape([n, h, w, o])
 }
 
 /// [`batch_norm_train`] on channel-major activations `x: [C, N, H, W]`: statistics are
