@@ -108,6 +108,9 @@ fn cpu_peak() -> (String, f64) {
     (model, mhz / 1000.0 * lanes * fma * 2.0)
 }
 
+/// A warm-up run longer than this (s) cuts the timed runs to 3 (also in `peers/speed.py`).
+const SLOW_SECONDS: f64 = 2.0;
+
 /// Time `f`: `warmup` untimed runs, then `iters` timed ones, on an exclusive lane of `threads`.
 fn time<F: FnMut() -> Result<()> + Send>(
     threads: usize,
@@ -117,9 +120,14 @@ fn time<F: FnMut() -> Result<()> + Send>(
 ) -> Result<(Vec<f64>, [f64; 2])> {
     let load0 = loadavg();
     let mut run = || -> Result<Vec<f64>> {
+        let mut slow = false;
         for _ in 0..warmup {
+            let t = Instant::now();
             f()?;
+            slow |= t.elapsed().as_secs_f64() > SLOW_SECONDS;
         }
+        // Multi-second workloads (meta-batch 32) get fewer timed runs.
+        let iters = if slow { iters.min(3) } else { iters };
         let mut times = Vec::with_capacity(iters);
         for _ in 0..iters {
             let t = Instant::now();

@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `cargo xtask bench [--quick] [--backend flex|ndarray|wgpu] [...]`: run the benchmark suites
-//!   (release build) and write reports under `target/bench/`.
+//! - `cargo xtask bench [--quick] [--backend flex|ndarray|wgpu] [--suite NAME] [...]`: run the
+//!   benchmark suites (release build) and write reports under `target/bench/`;
+//!   `--suite speed --peers PYTHON` times our workloads and PyTorch's side by side.
 //! - `cargo xtask criterion`: run the criterion micro-benchmarks in `benches/`.
 
 use anyhow::{bail, Context, Result};

@@ -25,28 +25,27 @@ fn strided_ops<B: Backend>() -> Vec<(Vec<usize>, Vec<f32>)> {
     let d = B::Device::default();
     let x = Tensor::<B, 4>::from_data(TensorData::new(values(3 * 5 * 7 * 6, 1), [3, 5, 7, 6]), &d);
     let y = Tensor::<B, 4>::from_data(TensorData::new(values(3 * 5 * 7 * 6, 2), [3, 5, 7, 6]), &d);
-    let mut out = Vec::new();
-    // 3-D and 4-D slices with inner contiguous rows, made contiguous by a reshape.
-    out.push(host(
-        x.clone()
-            .slice([0..3, 1..4, 1..6, 2..5])
-            .reshape([3, 3 * 5 * 3]),
-    ));
-    out.push(host(
-        x.clone()
-            .slice([1..2, 0..5, 0..7, 1..6])
-            .reshape([5 * 7 * 5]),
-    ));
-    // A permutation (inner stride ≠ 1) and a permuted slice.
-    out.push(host(
-        x.clone().permute([0, 2, 3, 1]).reshape([3 * 7 * 6, 5]),
-    ));
-    out.push(host(
-        x.clone()
-            .permute([3, 1, 0, 2])
-            .slice([1..5, 0..5, 0..3, 2..7])
-            .reshape([-1]),
-    ));
+    let mut out = vec![
+        // 3-D and 4-D slices with inner contiguous rows, made contiguous by a reshape.
+        host(
+            x.clone()
+                .slice([0..3, 1..4, 1..6, 2..5])
+                .reshape([3, 3 * 5 * 3]),
+        ),
+        host(
+            x.clone()
+                .slice([1..2, 0..5, 0..7, 1..6])
+                .reshape([5 * 7 * 5]),
+        ),
+        // A permutation (inner stride ≠ 1) and a permuted slice.
+        host(x.clone().permute([0, 2, 3, 1]).reshape([3 * 7 * 6, 5])),
+        host(
+            x.clone()
+                .permute([3, 1, 0, 2])
+                .slice([1..5, 0..5, 0..3, 2..7])
+                .reshape([-1]),
+        ),
+    ];
     // Concatenation of strided inputs along every dimension, mixed with contiguous ones.
     for dim in 0..4 {
         let a = x.clone().slice([0..3, 0..5, 0..7, 0..6]);
