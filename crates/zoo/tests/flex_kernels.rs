@@ -155,3 +155,36 @@ fn conv4_paths_agree_on_flex_and_ndarray() {
         ConvPath::ChannelMajor
     );
 }
+
+/// Large element-wise ops (same shape, per-row scalar `[C, 1]` and shared-row `[1, M]`
+/// broadcasts) are split across the pool's threads by the patch; on a 2-thread lane they must
+/// equal burn-ndarray's results exactly.
+fn elementwise<B: Backend>() -> Vec<(Vec<usize>, Vec<f32>)> {
+    let d = B::Device::default();
+    let (c, m) = (64, 8192);
+    let x = Tensor::<B, 2>::from_data(TensorData::new(values(c * m, 7), [c, m]), &d);
+    let y = Tensor::<B, 2>::from_data(TensorData::new(values(c * m, 8), [c, m]), &d);
+    let col = Tensor::<B, 2>::from_data(TensorData::new(values(c, 9), [c, 1]), &d);
+    let row = Tensor::<B, 2>::from_data(TensorData::new(values(m, 10), [1, m]), &d);
+    vec![
+        host(x.clone() + y.clone()),
+        host(x.clone() - y.clone()),
+        host(x.clone() * y.clone()),
+        host(x.clone() / (y.clone().abs() + 1.0)),
+        host(x.clone() - col.clone()),
+        host(x.clone() * col.clone()),
+        host(x.clone() + row.clone()),
+        host(x / (row.abs() + 1.0)),
+    ]
+}
+
+#[test]
+fn parallel_elementwise_ops_match_ndarray() {
+    let flex =
+        metalearn_core::parallel::run_exclusive(2, || Ok(elementwise::<FlexCpu>())).expect("lane");
+    let reference = elementwise::<NdArrayCpu>();
+    for (k, (a, b)) in flex.iter().zip(&reference).enumerate() {
+        assert_eq!(a.0, b.0, "case {k}: shapes differ");
+        assert_eq!(a.1, b.1, "case {k}: values differ");
+    }
+}

@@ -1,5 +1,7 @@
 //! Binary tensor operations (add, sub, mul, div).
 
+#[cfg(feature = "rayon")]
+use rayon::prelude::*; // metalearn patch: parallel element-wise ops
 use alloc::vec::Vec;
 use burn_backend::{DType, Element};
 use burn_std::{Bytes, Shape, bf16, f16};
@@ -96,12 +98,25 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
+        let run = |l: &mut [f32], r: &[f32]| match simd_op {
+            BinaryOp::Add => simd::add_inplace_f32(l, r),
+            BinaryOp::Sub => simd::sub_inplace_f32(l, r),
+            BinaryOp::Mul => simd::mul_inplace_f32(l, r),
+            BinaryOp::Div => simd::div_inplace_f32(l, r),
+        };
+        // metalearn patch: large element-wise ops use every thread of the
+        // current rayon pool (the results do not depend on the split).
+        #[cfg(feature = "rayon")]
+        if let Some(chunk) = par_chunk_len(l_slice.len(), 1)
+            && l_slice.len() == r_slice.len()
+        {
+            l_slice
+                .par_chunks_mut(chunk)
+                .zip(r_slice.par_chunks(chunk))
+                .for_each(|(l, r)| run(l, r));
+            return lhs;
         }
+        run(l_slice, r_slice);
         return lhs;
     }
 
@@ -251,13 +266,13 @@ fn apply_broadcast_pattern_f32(
 
     if lhs.is_unique() {
         let dst = &mut lhs.storage_mut::<f32>()[..numel];
-        run_broadcast_pattern_f32(dst, rhs_storage, simd_op, pattern);
+        run_broadcast_pattern_f32_par(dst, rhs_storage, simd_op, pattern);
         lhs
     } else {
         // Copy lhs once, then apply the broadcast in place. The
         // memcpy is cheaper than the StridedIter fallback it replaces.
         let mut out: Vec<f32> = lhs.storage::<f32>()[..numel].to_vec();
-        run_broadcast_pattern_f32(&mut out, rhs_storage, simd_op, pattern);
+        run_broadcast_pattern_f32_par(&mut out, rhs_storage, simd_op, pattern);
         make_tensor(out, lhs.layout().shape().clone(), lhs.dtype())
     }
 }
@@ -266,6 +281,78 @@ fn apply_broadcast_pattern_f32(
 /// destination buffer (which already holds lhs's values) and rhs's
 /// storage slice.
 #[cfg(feature = "simd")]
+/// metalearn patch: the length of the chunks a large element-wise op is
+/// split into across the current rayon pool (whole rows of `row_len`),
+/// or `None` when it is too small to gain or the pool has one thread.
+#[cfg(feature = "rayon")]
+fn par_chunk_len(total: usize, row_len: usize) -> Option<usize> {
+    const PAR_MIN_ELEMS: usize = 1 << 18;
+    let threads = rayon::current_num_threads();
+    if threads < 2 || total < PAR_MIN_ELEMS || row_len == 0 {
+        return None;
+    }
+    let rows = total / row_len;
+    let rows_per_chunk = rows.div_ceil(threads * 4).max((1 << 15) / row_len).max(1);
+    if rows_per_chunk >= rows {
+        return None;
+    }
+    Some(rows_per_chunk * row_len)
+}
+
+/// metalearn patch: [`run_broadcast_pattern_f32`] split by rows across the
+/// current rayon pool when the op is large.
+fn run_broadcast_pattern_f32_par(
+    dst: &mut [f32],
+    rhs_storage: &[f32],
+    simd_op: BinaryOp,
+    pattern: BroadcastView,
+) {
+    #[cfg(feature = "rayon")]
+    {
+        let (outer_count, row_len) = match pattern {
+            BroadcastView::SharedRow {
+                outer_count,
+                row_len,
+                ..
+            }
+            | BroadcastView::PerRowScalar {
+                outer_count,
+                row_len,
+                ..
+            } => (outer_count, row_len),
+        };
+        let total = outer_count * row_len;
+        if let Some(chunk) = par_chunk_len(total, row_len) {
+            let rows_per_chunk = chunk / row_len;
+            dst[..total]
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, d)| {
+                    let rows = d.len() / row_len;
+                    let sub = match pattern {
+                        BroadcastView::SharedRow { rhs_row_offset, .. } => {
+                            BroadcastView::SharedRow {
+                                outer_count: rows,
+                                row_len,
+                                rhs_row_offset,
+                            }
+                        }
+                        BroadcastView::PerRowScalar {
+                            rhs_scalar_base, ..
+                        } => BroadcastView::PerRowScalar {
+                            outer_count: rows,
+                            row_len,
+                            rhs_scalar_base: rhs_scalar_base + i * rows_per_chunk,
+                        },
+                    };
+                    run_broadcast_pattern_f32(d, rhs_storage, simd_op, sub);
+                });
+            return;
+        }
+    }
+    run_broadcast_pattern_f32(dst, rhs_storage, simd_op, pattern);
+}
+
 fn run_broadcast_pattern_f32(
     dst: &mut [f32],
     rhs_storage: &[f32],
