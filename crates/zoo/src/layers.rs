@@ -11,10 +11,12 @@
 //! [`Conv2d::forward_channel_major`], [`batch_norm_channel_major`] and [`max_pool2x2`] also work
 //! on *channel-major* activations `[C, N, H, W]` (one row of `N·H·W` values per channel):
 //!
-//! - the convolution is an im2col by `k²` shifted slices of the zero-padded input, concatenated
-//!   into a `[k²·C, N·H·W]` matrix, and **one matmul** `W[O, k²·C] · cols`; its output is
-//!   channel-major again, so no layer ever transposes an activation. Forward and backward are
-//!   GEMMs plus copies, and every op nests under `Autodiff<Autodiff<B>>` (exact second order);
+//! - the convolution is an im2col matrix and **one matmul**: `[N·H·W, k²·C]` built by one row
+//!   `select` of the pixel rows (plus a zero row that stands for the padding; backward: one row
+//!   scatter-add), or, for fewer than 4 input channels, `k²` shifted slices of the zero-padded
+//!   input concatenated into `[k²·C, N·H·W]`; the output is channel-major again. Forward and
+//!   backward are GEMMs plus copies, and every op nests under `Autodiff<Autodiff<B>>` (exact
+//!   second order);
 //! - batch-norm statistics are reductions over contiguous rows, and the per-channel scale and
 //!   shift are `[C, 1]` columns, which burn-flex broadcasts on its SIMD fast path without
 //!   materialising anything;
@@ -22,7 +24,7 @@
 //!
 //! burn 0.21's own `conv2d` backward on burn-flex goes through a generic convolution with the
 //! gradient map as kernel and a transposed convolution, several times slower than the GEMMs
-//! (see docs/ARCHITECTURE.md, "Conv4 fast path", for the per-layer measurements).
+//! (see docs/ARCHITECTURE.md, "Speed", for the per-layer measurements).
 //! [`ConvPath`] picks the path: `Auto` uses the channel-major path on the CPU backends and burn's
 //! `conv2d` elsewhere (GPU backends have tuned convolution kernels).
 
@@ -374,8 +376,8 @@ pub fn batch_norm_train<B: Backend>(
 /// then a `gather` of the input at those positions, whose backward (a scatter-add, itself
 /// differentiable) is what autodiff sees. Measured on burn-flex (80 × 64 × 28 × 28, forward +
 /// backward): ~2× faster than the reshape + `max_dim` formulation, whose backward is a general
-/// N-D scatter. Backends without autodiff (inference) take the reshape + `max_dim` path, whose
-/// forward pass is faster.
+/// N-D scatter; the gather and its scatter-add run on 2-D views (burn-flex's fast path).
+/// Backends without autodiff (inference) take the pooling kernel's values directly.
 ///
 /// The branch is chosen by the *backend* (`B::ad_enabled(device)`), not by `x.is_require_grad()`:
 /// burn-autodiff 0.21 reports `true` there only for leaf tensors, so every activation inside a
