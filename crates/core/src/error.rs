@@ -50,6 +50,14 @@ pub enum Error {
     /// (De)serialisation failed.
     #[error("serialisation error: {0}")]
     Serde(String),
+    /// A saved file (checkpoint, model, record) is truncated, altered or of another kind.
+    #[error("{what} is corrupt: {reason}")]
+    Corrupt {
+        /// What was being read (a path or a kind of file).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A worker thread pool could not be built.
     #[error("thread pool: {0}")]
     ThreadPool(String),
@@ -72,6 +80,16 @@ impl Error {
     pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidConfig {
             field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Error {
+    /// Shorthand for [`Error::Corrupt`].
+    pub fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            what: what.into(),
             reason: reason.into(),
         }
     }

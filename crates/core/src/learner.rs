@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 /// What one meta-iteration did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepStats {
-    /// Iteration number (0-based).
+    /// The learner's global iteration number (0-based): it continues across `meta_train` calls
+    /// and across a checkpoint and resume.
     pub iteration: usize,
     /// Mean post-adaptation query loss over the meta-batch (the meta-objective).
     pub meta_loss: f64,
@@ -61,7 +62,9 @@ pub trait MetaLearner<const D: usize> {
     /// Meta-train for `iterations` meta-iterations on tasks drawn from `tasks`.
     ///
     /// The episodes of iteration `i` are drawn with seeds `seed.child(i).child(j)`, so a run is
-    /// reproducible and independent of how many threads evaluate the tasks. `on_step` sees each
+    /// reproducible and independent of how many threads evaluate the tasks (`i` counts this
+    /// call's iterations; the [`StepStats::iteration`] it reports is the learner's global
+    /// counter). `on_step` sees each
     /// iteration's statistics (progress bars, learning curves, early stopping by returning `false`).
     fn meta_train(
         &mut self,
@@ -77,8 +80,7 @@ pub trait MetaLearner<const D: usize> {
             let batch = (0..self.meta_batch_size())
                 .map(|j| tasks.sample(it.child(j as u64).seed()))
                 .collect::<Result<Vec<_>>>()?;
-            let mut stats = self.meta_step(&batch)?;
-            stats.iteration = i;
+            let stats = self.meta_step(&batch)?;
             history.push(stats);
             if !on_step(&stats) {
                 break;

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod checkpoint;
 pub mod episode;
 pub mod error;
 pub mod learner;
@@ -35,6 +36,7 @@ pub mod params;
 pub mod seed;
 pub mod stats;
 
+pub use checkpoint::{AnyLearner, Checkpoint, DynLearner, LearnerState};
 pub use episode::{Batch, Episode, TaskDistribution, TaskKind};
 pub use error::{Error, Result};
 pub use learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};

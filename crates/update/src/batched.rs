@@ -15,6 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::{EpisodeData, TaskKind};
 use metalearn_core::error::Result;
 use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepStats};
@@ -173,5 +174,27 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> MetaLearner<2> for BatchedMaml<B, M
         steps: usize,
     ) -> Result<metalearn_core::learner::StepMetrics> {
         self.inner.evaluate(episode, steps)
+    }
+}
+
+impl<B: Backend, M: BatchedMetaTrainable<B>> Checkpoint for BatchedMaml<B, M> {
+    fn learner_name(&self) -> &'static str {
+        self.inner.learner_name()
+    }
+
+    fn iterations(&self) -> usize {
+        self.inner.iterations()
+    }
+
+    fn parameters(&self) -> Vec<f64> {
+        self.inner.parameters()
+    }
+
+    fn state(&self) -> Result<LearnerState> {
+        self.inner.state()
+    }
+
+    fn load_state(&mut self, state: &LearnerState) -> Result<()> {
+        self.inner.load_state(state)
     }
 }

@@ -6,6 +6,7 @@
 //! body is frozen and a new linear head is trained on the support set's embeddings.
 
 use crate::inner::{adam_step, AB};
+use crate::state::{put_module, put_optim, take_module, take_optim};
 use crate::transfer::fit_head;
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -14,6 +15,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::{EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_positive, Error};
 use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
@@ -239,5 +241,38 @@ where
             },
         )?;
         Ok(curve)
+    }
+}
+
+impl<B: Backend, M, const D: usize> Checkpoint for FineTune<B, M, D>
+where
+    M: AutodiffModule<AB<B>> + MetaModule<AB<B>, D>,
+    M::InnerModule: EmbeddingModule<B, D>,
+{
+    fn learner_name(&self) -> &'static str {
+        "FineTune"
+    }
+
+    fn iterations(&self) -> usize {
+        self.iterations
+    }
+
+    fn parameters(&self) -> Vec<f64> {
+        metalearn_core::params::to_vec(&self.model)
+    }
+
+    fn state(&self) -> metalearn_core::Result<LearnerState> {
+        let s = LearnerState::new(self.learner_name(), self.iterations);
+        let s = put_module::<B, M>(s, "model", &self.model)?;
+        put_optim::<B, M>(s, "optim", &self.optim)
+    }
+
+    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
+        state.expect_learner(self.learner_name())?;
+        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
+        self.optim = take_optim::<B, M>(state, "optim", &self.device)?;
+        self.model = model;
+        self.iterations = state.iterations;
+        Ok(())
     }
 }

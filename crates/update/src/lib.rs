@@ -47,6 +47,7 @@ mod maml;
 mod meta_sgd;
 mod protonet;
 mod reptile;
+mod state;
 pub mod transfer;
 
 pub use averaging::{

@@ -16,12 +16,14 @@ use crate::inner::{
     adapt, adaptation_curve, evaluate, evaluate_after, guarded_step, meta_batch_gradient,
     BatchGradient, Sizes, AB,
 };
+use crate::state::{put_module, put_optim, take_module, take_optim};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::{EpisodeData, HostBatch};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
@@ -295,6 +297,35 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
             self.config.transductive,
             &self.device,
         )
+    }
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Maml<B, M, D> {
+    fn learner_name(&self) -> &'static str {
+        "MAML"
+    }
+
+    fn iterations(&self) -> usize {
+        self.iterations
+    }
+
+    fn parameters(&self) -> Vec<f64> {
+        metalearn_core::params::to_vec(&self.model)
+    }
+
+    fn state(&self) -> metalearn_core::Result<LearnerState> {
+        let s = LearnerState::new(self.learner_name(), self.iterations);
+        let s = put_module::<B, M>(s, "model", &self.model)?;
+        put_optim::<B, M>(s, "optim", &self.optim)
+    }
+
+    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
+        state.expect_learner(self.learner_name())?;
+        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
+        self.optim = take_optim::<B, M>(state, "optim", &self.device)?;
+        self.model = model;
+        self.iterations = state.iterations;
+        Ok(())
     }
 }
 

@@ -7,12 +7,14 @@ use crate::inner::{
     adapt, adaptation_curve, evaluate_after, guarded_step, meta_batch_gradient, Sizes, AB,
 };
 use crate::maml::MamlConfig;
+use crate::state::{put_module, put_optim, take_module, take_optim};
 use crate::Result as UpdateResult;
 use burn::module::{ModuleMapper, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::ensure_positive;
 use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
@@ -196,5 +198,40 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
             self.config.transductive,
             &self.device,
         )
+    }
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for MetaSgd<B, M, D> {
+    fn learner_name(&self) -> &'static str {
+        "Meta-SGD"
+    }
+
+    fn iterations(&self) -> usize {
+        self.iterations
+    }
+
+    fn parameters(&self) -> Vec<f64> {
+        let mut v = metalearn_core::params::to_vec(&self.model);
+        v.extend(metalearn_core::params::to_vec(&self.rates));
+        v
+    }
+
+    fn state(&self) -> metalearn_core::Result<LearnerState> {
+        let s = LearnerState::new(self.learner_name(), self.iterations);
+        let s = put_module::<B, M>(s, "model", &self.model)?;
+        let s = put_module::<B, M>(s, "rates", &self.rates)?;
+        let s = put_optim::<B, M>(s, "optim", &self.optim)?;
+        put_optim::<B, M>(s, "optim_rates", &self.optim_rates)
+    }
+
+    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
+        state.expect_learner(self.learner_name())?;
+        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
+        let rates = take_module::<B, M>(state, "rates", &self.rates, &self.device)?;
+        let optim = take_optim::<B, M>(state, "optim", &self.device)?;
+        self.optim_rates = take_optim::<B, M>(state, "optim_rates", &self.device)?;
+        (self.model, self.rates, self.optim) = (model, rates, optim);
+        self.iterations = state.iterations;
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! than at test, which Snell et al. found helps: 60-way training for Omniglot).
 
 use crate::inner::{adam_step, AB};
+use crate::state::{put_module, put_optim, take_module, take_optim};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::AutodiffModule;
@@ -13,6 +14,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::{check_meta_batch, EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
@@ -299,5 +301,38 @@ mod tests {
         for (a, b) in l.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{l:?}");
         }
+    }
+}
+
+impl<B: Backend, M, const D: usize> Checkpoint for ProtoNet<B, M, D>
+where
+    M: AutodiffModule<AB<B>> + EmbeddingModule<AB<B>, D>,
+    M::InnerModule: EmbeddingModule<B, D>,
+{
+    fn learner_name(&self) -> &'static str {
+        "ProtoNet"
+    }
+
+    fn iterations(&self) -> usize {
+        self.iterations
+    }
+
+    fn parameters(&self) -> Vec<f64> {
+        metalearn_core::params::to_vec(&self.model)
+    }
+
+    fn state(&self) -> metalearn_core::Result<LearnerState> {
+        let s = LearnerState::new(self.learner_name(), self.iterations);
+        let s = put_module::<B, M>(s, "model", &self.model)?;
+        put_optim::<B, M>(s, "optim", &self.optim)
+    }
+
+    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
+        state.expect_learner(self.learner_name())?;
+        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
+        self.optim = take_optim::<B, M>(state, "optim", &self.device)?;
+        self.model = model;
+        self.iterations = state.iterations;
+        Ok(())
     }
 }

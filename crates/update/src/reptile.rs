@@ -6,9 +6,11 @@
 //! after adaptation. At test time only the support set is used.
 
 use crate::inner::{adapt, adaptation_curve, evaluate, evaluate_after, InnerAdam, Rule, Sizes};
+use crate::state::{put_module, take_module};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::tensor::backend::Backend;
+use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{
@@ -268,5 +270,36 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
             self.config.transductive,
             &self.device,
         )
+    }
+}
+
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Reptile<B, M, D> {
+    fn learner_name(&self) -> &'static str {
+        "Reptile"
+    }
+
+    fn iterations(&self) -> usize {
+        self.iterations
+    }
+
+    fn parameters(&self) -> Vec<f64> {
+        metalearn_core::params::to_vec(&self.model)
+    }
+
+    /// The model and the iteration counter (ε's annealing is a function of it; Reptile has no
+    /// outer optimiser, and its inner Adam starts fresh on every task).
+    fn state(&self) -> metalearn_core::Result<LearnerState> {
+        put_module::<B, M>(
+            LearnerState::new(self.learner_name(), self.iterations),
+            "model",
+            &self.model,
+        )
+    }
+
+    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
+        state.expect_learner(self.learner_name())?;
+        self.model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
+        self.iterations = state.iterations;
+        Ok(())
     }
 }

@@ -1,0 +1,720 @@
+//! Experiment files: what `metalearn train` reads.
+//!
+//! ```toml
+//! seed = 1
+//! backend = "flex"            # flex | ndarray | wgpu (`--backend` overrides it)
+//!
+//! [task]
+//! source = "omniglot"         # omniglot | sinusoid
+//! split = "vinyals"           # omniglot: vinyals (train/val/test characters) | lake
+//! ways = 5
+//! shots = 1
+//! queries = 15                # query examples per class in training episodes
+//!
+//! [model]
+//! kind = "conv4"              # conv4 | mlp; the rest are the model config's fields
+//!
+//! [learner]
+//! kind = "maml"               # maml | fomaml | anil | meta_sgd | reptile | protonet
+//! inner_lr = 0.4              # the rest are the learner config's fields
+//!
+//! [budget]                    # metalearn_train::TrainerConfig (seed is the top-level one)
+//! iterations = 1000
+//!
+//! [eval]                      # the test protocol (default: the task's ways/shots, 15 queries)
+//! episodes = 600
+//! steps = 3
+//! ```
+//!
+//! Every key that is left out takes its default; [`Experiment::resolved_toml`] is the file with
+//! every default filled in (written to the run directory as `experiment.toml`). Every error names
+//! the file, the key and the reason — an unknown key, a wrong type, a value out of range —
+//! before any work starts.
+
+use metalearn_core::backend::BackendKind;
+use metalearn_tasks::{NWayKShotConfig, SinusoidConfig};
+use metalearn_train::TrainerConfig;
+use metalearn_update::{MamlConfig, ProtoNetConfig, ReptileConfig};
+use metalearn_zoo::{Conv4Config, MlpConfig};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use toml::{Table, Value};
+
+/// An error in an experiment file, or a refused run directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key is unknown, has the wrong type, or is out of range.
+    #[error("{file}: `{key}`: {reason}")]
+    Key {
+        /// The file.
+        file: String,
+        /// The dotted key (`learner.inner_lr`).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The run directory was made by a different experiment.
+    #[error(
+        "run directory {dir} holds a different experiment (keys that differ: {}); use a new \
+         --run-dir, or the same experiment file to resume",
+        keys.join(", ")
+    )]
+    Differs {
+        /// The run directory.
+        dir: String,
+        /// The dotted keys whose values differ.
+        keys: Vec<String>,
+    },
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// How Omniglot's characters are split into meta-train / meta-validation / meta-test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OmniglotSplit {
+    /// Vinyals et al. (2016): 1,200 characters for training (the last 100 of them for
+    /// validation, as in learn2learn), the remaining 423 for testing; rotations add classes.
+    Vinyals,
+    /// Lake et al. (2015): background alphabets for training, evaluation alphabets for testing
+    /// (validation on the test alphabets' characters is then not held out: use for
+    /// comparison with papers that use this split).
+    Lake,
+}
+
+/// Where the tasks come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskSpec {
+    /// Omniglot N-way K-shot classification (data: `METALEARN_DATA` or the download dir).
+    Omniglot {
+        /// The character split.
+        split: OmniglotSplit,
+        /// Add the 90°, 180° and 270° rotations of each character as classes.
+        rotations: bool,
+        /// Image height = width.
+        image_size: usize,
+        /// Training episodes' shape.
+        episode: NWayKShotConfig,
+    },
+    /// Sinusoid regression (Finn et al. 2017).
+    Sinusoid(SinusoidConfig),
+}
+
+/// The model.
+#[derive(Debug, Clone)]
+pub enum ModelSpec {
+    /// The four-block convolutional network of the few-shot papers.
+    Conv4(Conv4Config),
+    /// A multi-layer perceptron.
+    Mlp(MlpConfig),
+}
+
+/// The learner and its hyper-parameters.
+#[derive(Debug, Clone)]
+pub enum LearnerSpec {
+    /// MAML (second order), FOMAML (`second_order = false`) or ANIL (`adapt_last = 2`).
+    Maml(MamlConfig),
+    /// Meta-SGD.
+    MetaSgd(MamlConfig),
+    /// Reptile.
+    Reptile(ReptileConfig),
+    /// Prototypical Networks.
+    ProtoNet(ProtoNetConfig),
+}
+
+/// The test protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalSpec {
+    /// Test episodes.
+    pub episodes: usize,
+    /// Adaptation steps at test time (ignored by ProtoNet).
+    pub steps: usize,
+    /// Classes per test episode (classification).
+    pub ways: usize,
+    /// Support examples per class (classification) or support points (regression).
+    pub shots: usize,
+    /// Query examples per class (classification) or query points (regression).
+    pub queries: usize,
+}
+
+/// A parsed, checked experiment.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// The seed every random choice of the run derives from.
+    pub seed: u64,
+    /// The backend.
+    pub backend: BackendKind,
+    /// The tasks.
+    pub task: TaskSpec,
+    /// The model.
+    pub model: ModelSpec,
+    /// The learner.
+    pub learner: LearnerSpec,
+    /// The meta-trainer's budget (its `seed` is [`seed`](Self::seed)).
+    pub budget: TrainerConfig,
+    /// The test protocol.
+    pub eval: EvalSpec,
+    /// The learner's kind as written (`maml`, `fomaml`, …).
+    pub learner_kind: String,
+    resolved: Table,
+}
+
+/// Reads one file, naming it and the key in every error.
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn key(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Key {
+            file: self.file.to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Map a config's own range check (`InvalidConfig { field }`) to this file's key.
+    fn checked(&self, section: &str, r: metalearn_core::Result<()>) -> Result<()> {
+        r.map_err(|e| match e {
+            metalearn_core::Error::InvalidConfig { field, reason } => {
+                self.key(format!("{section}.{field}"), reason)
+            }
+            e => self.key(section, e.to_string()),
+        })
+    }
+
+    fn section<'t>(
+        &self,
+        root: &'t Table,
+        name: &str,
+        required: bool,
+    ) -> Result<Option<&'t Table>> {
+        match root.get(name) {
+            Some(Value::Table(t)) => Ok(Some(t)),
+            Some(v) => Err(self.key(name, format!("must be a table, found {}", v.type_str()))),
+            None if required => Err(self.key(name, "missing section")),
+            None => Ok(None),
+        }
+    }
+
+    fn string<'t>(&self, t: &'t Table, section: &str, key: &str) -> Result<Option<&'t str>> {
+        match t.get(key) {
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.key(
+                format!("{section}.{key}"),
+                format!("must be a string, found {}", v.type_str()),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// `base` with the user's keys of `user` (except `consumed` ones) laid over it. A key the
+    /// base does not have is unknown; a value of another type than the default's is refused.
+    fn overlay<C: Serialize + DeserializeOwned>(
+        &self,
+        section: &str,
+        base: &C,
+        user: Option<&Table>,
+        consumed: &[&str],
+    ) -> Result<(C, Table)> {
+        let mut table = Table::try_from(base)
+            .map_err(|e| self.key(section, format!("cannot represent defaults: {e}")))?;
+        for (k, v) in user.into_iter().flatten() {
+            if consumed.contains(&k.as_str()) {
+                continue;
+            }
+            let key = format!("{section}.{k}");
+            let v = match table.get(k) {
+                None => {
+                    let mut known: Vec<_> = table.keys().map(String::as_str).collect();
+                    known.extend(consumed);
+                    known.sort_unstable();
+                    return Err(self.key(
+                        key,
+                        format!("unknown key (expected one of: {})", known.join(", ")),
+                    ));
+                }
+                Some(d) => coerce(d, v).ok_or_else(|| {
+                    self.key(
+                        &key,
+                        format!("must be {}, found {}", article(d), v.type_str()),
+                    )
+                })?,
+            };
+            table.insert(k.clone(), v);
+        }
+        let c = match C::deserialize(Value::Table(table.clone())) {
+            Ok(c) => c,
+            Err(e) => {
+                // Name the key: the first user value that fails on its own over the defaults.
+                let base_table = Table::try_from(base).unwrap_or_default();
+                let culprit = table.iter().find(|(k, v)| {
+                    let mut one = base_table.clone();
+                    one.insert((*k).clone(), (*v).clone());
+                    C::deserialize(Value::Table(one)).is_err()
+                });
+                let key = culprit.map_or(section.to_string(), |(k, _)| format!("{section}.{k}"));
+                return Err(self.key(key, e.to_string()));
+            }
+        };
+        // Keep the resolved table in the config's own spelling (e.g. integers as floats).
+        let table = Table::try_from(&c).map_err(|e| self.key(section, e.to_string()))?;
+        Ok((c, table))
+    }
+}
+
+fn article(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "true or false",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// `v` if it has the type of `default` (an integer is accepted where a float is expected).
+fn coerce(default: &Value, v: &Value) -> Option<Value> {
+    match (default, v) {
+        (Value::Float(_), Value::Integer(i)) => Some(Value::Float(*i as f64)),
+        (Value::Array(d), Value::Array(a)) => match d.first() {
+            Some(first) => a
+                .iter()
+                .map(|x| coerce(first, x))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array),
+            None => Some(v.clone()),
+        },
+        (d, v) if d.same_type(v) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+const TOP_KEYS: [&str; 7] = [
+    "seed", "backend", "task", "model", "learner", "budget", "eval",
+];
+
+impl Experiment {
+    /// Read and check the experiment file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and check experiment text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self> {
+        let cx = Ctx { file };
+        let root: Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        for k in root.keys() {
+            if !TOP_KEYS.contains(&k.as_str()) {
+                return Err(cx.key(
+                    k,
+                    format!("unknown key (expected one of: {})", TOP_KEYS.join(", ")),
+                ));
+            }
+        }
+        let seed = match root.get("seed") {
+            None => 0,
+            Some(Value::Integer(i)) if *i >= 0 => *i as u64,
+            Some(v) => {
+                return Err(cx.key("seed", format!("must be a non-negative integer, found {v}")))
+            }
+        };
+        let backend = match cx.string(&root, "", "backend") {
+            Ok(None) => BackendKind::default(),
+            Ok(Some(s)) => s.parse().map_err(|e: metalearn_core::Error| {
+                cx.key(
+                    "backend",
+                    e.to_string().replace("invalid config: `backend` ", ""),
+                )
+            })?,
+            Err(_) => return Err(cx.key("backend", "must be a string")),
+        };
+        let mut resolved = Table::new();
+        resolved.insert("seed".into(), Value::Integer(seed as i64));
+        resolved.insert("backend".into(), Value::String(backend.to_string()));
+
+        let (task, task_table, ways) = parse_task(&cx, cx.section(&root, "task", true)?)?;
+        resolved.insert("task".into(), Value::Table(task_table));
+        let classification = matches!(task, TaskSpec::Omniglot { .. });
+
+        let (model, model_table) =
+            parse_model(&cx, cx.section(&root, "model", false)?, &task, ways)?;
+        resolved.insert("model".into(), Value::Table(model_table));
+
+        let (learner, learner_kind, learner_table) =
+            parse_learner(&cx, cx.section(&root, "learner", true)?, classification)?;
+        resolved.insert("learner".into(), Value::Table(learner_table));
+
+        let base = TrainerConfig::new(1).with_seed(seed);
+        let budget_user = cx.section(&root, "budget", true)?;
+        if let Some(t) = budget_user {
+            if t.contains_key("seed") {
+                return Err(cx.key(
+                    "budget.seed",
+                    "set the run's seed at the top level (`seed = …`)",
+                ));
+            }
+            if !t.contains_key("iterations") {
+                return Err(cx.key("budget.iterations", "missing (meta-iterations in all)"));
+            }
+        }
+        let (budget, mut budget_table): (TrainerConfig, _) =
+            cx.overlay("budget", &base, budget_user, &[])?;
+        budget_table.remove("seed");
+        cx.checked("budget", budget.check())?;
+        resolved.insert("budget".into(), Value::Table(budget_table));
+
+        let eval_base = match &task {
+            TaskSpec::Omniglot { episode, .. } => EvalSpec {
+                episodes: 600,
+                steps: 1,
+                ways: episode.ways,
+                shots: episode.shots,
+                queries: metalearn_eval::fewshot::QUERY_PER_CLASS,
+            },
+            TaskSpec::Sinusoid(s) => EvalSpec {
+                episodes: 600,
+                steps: 10,
+                ways: 1,
+                shots: s.k_shot,
+                queries: s.query,
+            },
+        };
+        let (eval, eval_table) =
+            cx.overlay("eval", &eval_base, cx.section(&root, "eval", false)?, &[])?;
+        for (k, v) in [
+            ("episodes", eval.episodes),
+            ("ways", eval.ways),
+            ("shots", eval.shots),
+            ("queries", eval.queries),
+        ] {
+            if v == 0 {
+                return Err(cx.key(format!("eval.{k}"), "must be at least 1"));
+            }
+        }
+        resolved.insert("eval".into(), Value::Table(eval_table));
+        Ok(Self {
+            seed,
+            backend,
+            task,
+            model,
+            learner,
+            budget,
+            eval,
+            learner_kind,
+            resolved,
+        })
+    }
+
+    /// The experiment with every default filled in, as TOML.
+    pub fn resolved_toml(&self) -> String {
+        toml::to_string_pretty(&self.resolved).unwrap_or_default()
+    }
+
+    /// The resolved experiment as a TOML table.
+    pub fn resolved(&self) -> &Table {
+        &self.resolved
+    }
+
+    /// The same experiment on another backend.
+    pub fn with_backend(mut self, backend: BackendKind) -> Self {
+        self.backend = backend;
+        self.resolved
+            .insert("backend".into(), Value::String(backend.to_string()));
+        self
+    }
+
+    /// A readable name (`MAML, Omniglot 5-way 1-shot`).
+    pub fn title(&self) -> String {
+        let task = match &self.task {
+            TaskSpec::Omniglot { episode, .. } => {
+                format!("Omniglot {}-way {}-shot", episode.ways, episode.shots)
+            }
+            TaskSpec::Sinusoid(s) => format!("sinusoid {}-shot", s.k_shot),
+        };
+        format!("{}, {task}", self.learner_kind)
+    }
+}
+
+/// The dotted keys whose values differ between two resolved experiments.
+pub fn differing_keys(a: &Table, b: &Table) -> Vec<String> {
+    fn walk(prefix: &str, a: &Table, b: &Table, out: &mut Vec<String>) {
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let name = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match (a.get(k), b.get(k)) {
+                (Some(Value::Table(x)), Some(Value::Table(y))) => walk(&name, x, y, out),
+                (x, y) if x != y => out.push(name),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", a, b, &mut out);
+    out
+}
+
+/// Check `exp` against the run directory's `experiment.toml` (refusing a different one) or
+/// write it there for a new run.
+pub fn claim_run_dir(exp: &Experiment, dir: &Path) -> std::result::Result<(), crate::Error> {
+    let path = dir.join("experiment.toml");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let old: Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let keys = differing_keys(&old, exp.resolved());
+        if !keys.is_empty() {
+            return Err(ConfigError::Differs {
+                dir: dir.display().to_string(),
+                keys,
+            }
+            .into());
+        }
+        return Ok(());
+    }
+    metalearn_train::files::write_atomic(&path, exp.resolved_toml().as_bytes())?;
+    Ok(())
+}
+
+/// The experiment recorded in a run directory.
+pub fn load_run_dir(dir: &Path) -> Result<Experiment> {
+    Experiment::load(&dir.join("experiment.toml"))
+}
+
+fn usize_key(
+    cx: &Ctx<'_>,
+    t: &Table,
+    section: &str,
+    key: &str,
+    default: Option<usize>,
+) -> Result<usize> {
+    match (t.get(key), default) {
+        (Some(Value::Integer(i)), _) if *i >= 0 => Ok(*i as usize),
+        (Some(v), _) => Err(cx.key(
+            format!("{section}.{key}"),
+            format!("must be a non-negative integer, found {v}"),
+        )),
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err(cx.key(format!("{section}.{key}"), "missing")),
+    }
+}
+
+fn parse_task(cx: &Ctx<'_>, t: Option<&Table>) -> Result<(TaskSpec, Table, usize)> {
+    let empty = Table::new();
+    let t = t.unwrap_or(&empty);
+    let source = cx
+        .string(t, "task", "source")?
+        .ok_or_else(|| cx.key("task.source", "missing (omniglot or sinusoid)"))?;
+    match source {
+        "omniglot" => {
+            #[derive(Serialize, Deserialize)]
+            struct Omni {
+                split: OmniglotSplit,
+                rotations: bool,
+                image_size: usize,
+                ways: usize,
+                shots: usize,
+                queries: usize,
+            }
+            let base = Omni {
+                split: OmniglotSplit::Vinyals,
+                rotations: true,
+                image_size: 28,
+                ways: usize_key(cx, t, "task", "ways", None)?,
+                shots: usize_key(cx, t, "task", "shots", Some(1))?,
+                queries: usize_key(cx, t, "task", "queries", Some(15))?,
+            };
+            let (o, mut table): (Omni, _) = cx.overlay("task", &base, Some(t), &["source"])?;
+            let episode = NWayKShotConfig::new(o.ways, o.shots, o.queries);
+            for (k, v) in [("ways", o.ways), ("shots", o.shots), ("queries", o.queries)] {
+                if v == 0 {
+                    return Err(cx.key(format!("task.{k}"), "must be at least 1"));
+                }
+            }
+            cx.checked("task", episode.validate())?;
+            if o.image_size == 0 {
+                return Err(cx.key("task.image_size", "must be at least 1"));
+            }
+            table.insert("source".into(), Value::String(source.into()));
+            Ok((
+                TaskSpec::Omniglot {
+                    split: o.split,
+                    rotations: o.rotations,
+                    image_size: o.image_size,
+                    episode,
+                },
+                table,
+                o.ways,
+            ))
+        }
+        "sinusoid" => {
+            let base = SinusoidConfig::new(10, 10);
+            let (s, mut table): (SinusoidConfig, _) =
+                cx.overlay("task", &base, Some(t), &["source"])?;
+            cx.checked("task", s.validate())?;
+            table.insert("source".into(), Value::String(source.into()));
+            Ok((TaskSpec::Sinusoid(s), table, 1))
+        }
+        other => Err(cx.key(
+            "task.source",
+            format!("unknown task source `{other}` (expected omniglot or sinusoid)"),
+        )),
+    }
+}
+
+fn parse_model(
+    cx: &Ctx<'_>,
+    t: Option<&Table>,
+    task: &TaskSpec,
+    ways: usize,
+) -> Result<(ModelSpec, Table)> {
+    let default_kind = match task {
+        TaskSpec::Omniglot { .. } => "conv4",
+        TaskSpec::Sinusoid(_) => "mlp",
+    };
+    let kind = match t {
+        Some(t) => cx.string(t, "model", "kind")?.unwrap_or(default_kind),
+        None => default_kind,
+    };
+    let (model, mut table) = match kind {
+        "conv4" => {
+            let mut base = Conv4Config::new(ways);
+            if let TaskSpec::Omniglot { image_size, .. } = task {
+                base = base.with_input_size(*image_size);
+            }
+            let (c, table): (Conv4Config, _) = cx.overlay("model", &base, t, &["kind"])?;
+            if c.ways != ways {
+                return Err(cx.key(
+                    "model.ways",
+                    format!("is {} but the task has {ways} ways", c.ways),
+                ));
+            }
+            cx.checked("model", c.validate())?;
+            (ModelSpec::Conv4(c), table)
+        }
+        "mlp" => {
+            let base = MlpConfig::new(vec![1, 40, 40, 1]);
+            let (c, table): (MlpConfig, _) = cx.overlay("model", &base, t, &["kind"])?;
+            cx.checked("model", c.validate())?;
+            (ModelSpec::Mlp(c), table)
+        }
+        other => {
+            return Err(cx.key(
+                "model.kind",
+                format!("unknown model `{other}` (expected conv4 or mlp)"),
+            ))
+        }
+    };
+    match (&model, task) {
+        (ModelSpec::Conv4(_), TaskSpec::Omniglot { .. })
+        | (ModelSpec::Mlp(_), TaskSpec::Sinusoid(_)) => {}
+        _ => {
+            return Err(cx.key(
+                "model.kind",
+                format!(
+                    "`{kind}` does not take this task's inputs (Omniglot: conv4; sinusoid: mlp)"
+                ),
+            ))
+        }
+    }
+    table.insert("kind".into(), Value::String(kind.into()));
+    Ok((model, table))
+}
+
+/// The learner kinds an experiment file can name.
+pub const LEARNERS: [&str; 6] = ["maml", "fomaml", "anil", "meta_sgd", "reptile", "protonet"];
+
+fn parse_learner(
+    cx: &Ctx<'_>,
+    t: Option<&Table>,
+    classification: bool,
+) -> Result<(LearnerSpec, String, Table)> {
+    let empty = Table::new();
+    let t = t.unwrap_or(&empty);
+    let kind = cx.string(t, "learner", "kind")?.ok_or_else(|| {
+        cx.key(
+            "learner.kind",
+            format!("missing (one of: {})", LEARNERS.join(", ")),
+        )
+    })?;
+    let (spec, mut table) = match kind {
+        "maml" | "fomaml" | "anil" | "meta_sgd" => {
+            let base = match kind {
+                "fomaml" => MamlConfig::new().with_second_order(false),
+                "anil" => MamlConfig::anil(),
+                _ => MamlConfig::new(),
+            };
+            let (c, table): (MamlConfig, _) = cx.overlay("learner", &base, Some(t), &["kind"])?;
+            cx.checked("learner", c.validate())?;
+            let spec = if kind == "meta_sgd" {
+                LearnerSpec::MetaSgd(c)
+            } else {
+                LearnerSpec::Maml(c)
+            };
+            (spec, table)
+        }
+        "reptile" => {
+            let (c, table): (ReptileConfig, _) =
+                cx.overlay("learner", &ReptileConfig::new(), Some(t), &["kind"])?;
+            cx.checked("learner", c.validate())?;
+            (LearnerSpec::Reptile(c), table)
+        }
+        "protonet" => {
+            if !classification {
+                return Err(cx.key("learner.kind", "protonet needs a classification task"));
+            }
+            let (c, table): (ProtoNetConfig, _) =
+                cx.overlay("learner", &ProtoNetConfig::new(), Some(t), &["kind"])?;
+            cx.checked("learner", c.validate())?;
+            (LearnerSpec::ProtoNet(c), table)
+        }
+        other => {
+            return Err(cx.key(
+                "learner.kind",
+                format!(
+                    "unknown learner `{other}` (expected one of: {})",
+                    LEARNERS.join(", ")
+                ),
+            ))
+        }
+    };
+    table.insert("kind".into(), Value::String(kind.into()));
+    Ok((spec, kind.to_string(), table))
+}

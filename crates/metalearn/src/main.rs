@@ -1,0 +1,147 @@
+//! The `metalearn` command: a thin shell over [`metalearn::run`].
+
+use clap::{Parser, Subcommand};
+use metalearn::core::backend::BackendKind;
+use metalearn::run::{eval, train, EvalOverrides};
+use metalearn::train::Progress;
+use metalearn::Experiment;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "metalearn",
+    version,
+    about = "Meta-learning on burn: train, evaluate and use meta-learned models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Meta-train the experiment in EXPERIMENT.toml; run it again on the same run directory to resume.
+    Train {
+        /// The experiment file.
+        experiment: PathBuf,
+        /// Where checkpoints, metrics, the best model and the report go.
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Backend (overrides the file's `backend`).
+        #[arg(long)]
+        backend: Option<BackendKind>,
+        /// Progress display.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: ProgressArg,
+    },
+    /// Evaluate the best model of a run on the meta-test tasks (accuracy or loss ± 95% CI).
+    Eval {
+        /// The run directory.
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Test episodes (default: the experiment's, 600).
+        #[arg(long)]
+        episodes: Option<usize>,
+        /// Classes per episode.
+        #[arg(long)]
+        ways: Option<usize>,
+        /// Support examples per class.
+        #[arg(long)]
+        shots: Option<usize>,
+        /// Adaptation steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Print JSON instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Lines,
+    Quiet,
+}
+
+fn run(cli: Cli) -> metalearn::Result<()> {
+    match cli.command {
+        Command::Train {
+            experiment,
+            run_dir,
+            backend,
+            progress,
+        } => {
+            let mut exp = Experiment::load(&experiment)?;
+            if let Some(b) = backend {
+                exp = exp.with_backend(b);
+            }
+            let progress = match progress {
+                ProgressArg::Auto => Progress::Auto,
+                ProgressArg::Bar => Progress::Bar,
+                ProgressArg::Lines => Progress::Lines,
+                ProgressArg::Quiet => Progress::Quiet,
+            };
+            let s = train(&exp, &run_dir, progress)?;
+            if let Some(from) = s.resumed_from {
+                eprintln!("resumed from the checkpoint of iteration {from}");
+            }
+            match s.state.best {
+                Some(b) => println!(
+                    "{}: {} iterations; best validation {:.4} ± {:.4} at iteration {} (in {})",
+                    exp.title(),
+                    s.iterations,
+                    b.mean,
+                    b.ci95,
+                    b.iteration,
+                    run_dir.join("best").display()
+                ),
+                None => println!("{}: {} iterations", exp.title(), s.iterations),
+            }
+            if s.state.stopped_early {
+                println!("stopped early: no better validation score in `patience` validations");
+            }
+            Ok(())
+        }
+        Command::Eval {
+            run_dir,
+            episodes,
+            ways,
+            shots,
+            steps,
+            json,
+        } => {
+            let r = eval(
+                &run_dir,
+                EvalOverrides {
+                    episodes,
+                    ways,
+                    shots,
+                    steps,
+                },
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r)
+                        .map_err(|e| metalearn::core::Error::Serde(e.to_string()))?
+                );
+            } else {
+                println!("{}", r.line());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

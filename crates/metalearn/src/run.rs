@@ -1,0 +1,257 @@
+//! What the `metalearn` command does, as library functions: build an experiment's tasks, model
+//! and learner on a backend, train it in a run directory, evaluate the best model.
+
+use crate::experiment::{
+    claim_run_dir, load_run_dir, Experiment, LearnerSpec, ModelSpec, OmniglotSplit, TaskSpec,
+};
+use crate::{Error, Result};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use metalearn_core::{with_backend, AnyLearner, DynLearner, SeedStream, TaskDistribution};
+use metalearn_eval::StepsCurve;
+use metalearn_tasks::{
+    NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig, Sinusoid,
+};
+use metalearn_train::{
+    evaluate, load_best, write_report, Progress, RunDir, TrainSummary, Trainer, Validation,
+};
+use metalearn_update::{Maml, MetaSgd, ProtoNet, Reptile};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Meta-train / meta-validation / meta-test task sources.
+pub struct Tasks {
+    /// Training tasks.
+    pub train: Box<dyn TaskDistribution>,
+    /// Validation tasks (held-out classes), in the training episode shape.
+    pub val: Box<dyn TaskDistribution>,
+    /// Test tasks (held-out classes) in the evaluation shape.
+    pub test: Box<dyn TaskDistribution>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tasks")
+    }
+}
+
+/// Omniglot's character split: (train, validation, test) classes.
+pub fn omniglot_classes(
+    split: OmniglotSplit,
+    rotations: bool,
+    image_size: usize,
+) -> Result<[Arc<OmniglotClasses>; 3]> {
+    let config = OmniglotConfig {
+        image_size,
+        ..OmniglotConfig::default()
+    };
+    let o = Arc::new(Omniglot::load(None, &config)?);
+    let (train, val, test) = match split {
+        OmniglotSplit::Vinyals => o.vinyals_split(),
+        OmniglotSplit::Lake => {
+            // Background alphabets train; their last 100 characters are held out for
+            // validation (as in the Vinyals split); evaluation alphabets test.
+            let (mut background, evaluation) = o.lake_split();
+            let val = background.split_off(background.len().saturating_sub(100));
+            (background, val, evaluation)
+        }
+    };
+    Ok([train, val, test].map(|c| Arc::new(o.classes(c, rotations))))
+}
+
+/// The experiment's tasks; `test` has the shape of `eval` (ways, shots, queries).
+pub fn tasks(exp: &Experiment) -> Result<Tasks> {
+    let e = exp.eval;
+    Ok(match &exp.task {
+        TaskSpec::Omniglot {
+            split,
+            rotations,
+            image_size,
+            episode,
+        } => {
+            let [train, val, test] = omniglot_classes(*split, *rotations, *image_size)?;
+            Tasks {
+                train: Box::new(NWayKShot::new(train, *episode)?),
+                val: Box::new(NWayKShot::new(val, *episode)?),
+                test: Box::new(NWayKShot::new(
+                    test,
+                    NWayKShotConfig::new(e.ways, e.shots, e.queries),
+                )?),
+            }
+        }
+        TaskSpec::Sinusoid(s) => {
+            let mut test = s.clone();
+            (test.k_shot, test.query) = (e.shots, e.queries);
+            Tasks {
+                train: Box::new(Sinusoid::new(s.clone())?),
+                val: Box::new(Sinusoid::new(s.clone())?),
+                test: Box::new(Sinusoid::new(test)?),
+            }
+        }
+    })
+}
+
+/// The experiment's learner on backend `B`, with a freshly initialised model (seeded by the
+/// experiment's seed), boxed so that a program can hold any of them.
+pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
+    let device = B::Device::default();
+    let seed = SeedStream::new(exp.seed).named("model").seed();
+    Ok(match &exp.model {
+        ModelSpec::Conv4(c) => {
+            let model = c.init::<Autodiff<B>>(seed, &device)?;
+            match &exp.learner {
+                LearnerSpec::Maml(l) => {
+                    DynLearner::<_, 4>::boxed(Maml::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::MetaSgd(l) => {
+                    DynLearner::<_, 4>::boxed(MetaSgd::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::Reptile(l) => {
+                    DynLearner::<_, 4>::boxed(Reptile::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::ProtoNet(l) => {
+                    DynLearner::<_, 4>::boxed(ProtoNet::new(l.clone(), model, device)?)
+                }
+            }
+        }
+        ModelSpec::Mlp(c) => {
+            let model = c.init::<Autodiff<B>>(seed, &device)?;
+            match &exp.learner {
+                LearnerSpec::Maml(l) => {
+                    DynLearner::<_, 2>::boxed(Maml::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::MetaSgd(l) => {
+                    DynLearner::<_, 2>::boxed(MetaSgd::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::Reptile(l) => {
+                    DynLearner::<_, 2>::boxed(Reptile::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::ProtoNet(l) => {
+                    DynLearner::<_, 2>::boxed(ProtoNet::new(l.clone(), model, device)?)
+                }
+            }
+        }
+    })
+}
+
+/// Train `exp` in `dir`: a new run, or the resumption of the one there (refused if `dir` holds
+/// a different experiment). Writes `experiment.toml`, `metrics.jsonl`, `checkpoints/`, `best/`
+/// and `report.md`.
+pub fn train(exp: &Experiment, dir: &Path, progress: Progress) -> Result<TrainSummary> {
+    claim_run_dir(exp, dir)?;
+    let tasks = tasks(exp)?;
+    let mut learner = with_backend!(exp.backend, B => learner::<B>(exp))?;
+    let trainer = Trainer::new(exp.budget.clone(), RunDir::new(dir))?.with_progress(progress);
+    let summary = trainer.fit(learner.as_mut(), tasks.train.as_ref(), tasks.val.as_ref())?;
+    write_report(trainer.run_dir(), &exp.title())?;
+    Ok(summary)
+}
+
+/// Overrides of the experiment's test protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvalOverrides {
+    /// Test episodes.
+    pub episodes: Option<usize>,
+    /// Classes per episode.
+    pub ways: Option<usize>,
+    /// Support examples per class.
+    pub shots: Option<usize>,
+    /// Adaptation steps.
+    pub steps: Option<usize>,
+}
+
+/// What `metalearn eval` measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The experiment's title.
+    pub experiment: String,
+    /// Iterations the evaluated (best) model was trained for.
+    pub iterations: usize,
+    /// Its validation score when it was saved.
+    pub validation: Validation,
+    /// The protocol.
+    pub episodes: usize,
+    /// Classes per episode (classification).
+    pub ways: usize,
+    /// Support examples per class.
+    pub shots: usize,
+    /// Query examples per class.
+    pub queries: usize,
+    /// Adaptation steps.
+    pub steps: usize,
+    /// Mean accuracy over test episodes (classification).
+    pub accuracy: Option<f64>,
+    /// Its 95% CI half-width.
+    pub accuracy_ci95: Option<f64>,
+    /// Mean query loss.
+    pub loss: f64,
+    /// Its 95% CI half-width.
+    pub loss_ci95: f64,
+}
+
+/// Evaluate the best model of the run in `dir` on the meta-test tasks (episodes drawn from the
+/// experiment's seed, so the same command gives the same number).
+pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
+    let mut exp = load_run_dir(dir)?;
+    let e = &mut exp.eval;
+    e.episodes = overrides.episodes.unwrap_or(e.episodes);
+    e.ways = overrides.ways.unwrap_or(e.ways);
+    e.shots = overrides.shots.unwrap_or(e.shots);
+    e.steps = overrides.steps.unwrap_or(e.steps);
+    if e.episodes == 0 || e.ways == 0 || e.shots == 0 {
+        return Err(Error::Usage(
+            "--episodes, --ways and --shots must be at least 1".into(),
+        ));
+    }
+    let tasks = tasks(&exp)?;
+    let mut learner = with_backend!(exp.backend, B => learner::<B>(&exp))?;
+    let run = RunDir::new(dir);
+    let validation = load_best(&run, learner.as_mut())?;
+    let curve: StepsCurve = evaluate(
+        learner.as_ref(),
+        tasks.test.as_ref(),
+        exp.eval.episodes,
+        exp.eval.steps,
+        SeedStream::new(exp.seed).named("test"),
+    )?;
+    let p = curve
+        .points
+        .last()
+        .ok_or(metalearn_core::Error::Empty("test curve"))?;
+    Ok(EvalReport {
+        experiment: exp.title(),
+        iterations: learner.iterations(),
+        validation,
+        episodes: exp.eval.episodes,
+        ways: exp.eval.ways,
+        shots: exp.eval.shots,
+        queries: exp.eval.queries,
+        steps: exp.eval.steps,
+        accuracy: p.accuracy.map(|a| a.mean),
+        accuracy_ci95: p.accuracy.map(|a| a.ci95),
+        loss: p.loss.mean,
+        loss_ci95: p.loss.ci95,
+    })
+}
+
+impl EvalReport {
+    /// One line: `MAML, Omniglot 5-way 1-shot: 97.10 ± 0.52% (5-way 1-shot, 600 episodes, 3 steps)`.
+    pub fn line(&self) -> String {
+        let score = match (self.accuracy, self.accuracy_ci95) {
+            (Some(a), Some(c)) => format!("accuracy {:.2} ± {:.2}%", 100.0 * a, 100.0 * c),
+            _ => format!("loss {:.4} ± {:.4}", self.loss, self.loss_ci95),
+        };
+        format!(
+            "{}: {score} ({}-way {}-shot, {} queries, {} episodes, {} adaptation steps; model \
+             of iteration {})",
+            self.experiment,
+            self.ways,
+            self.shots,
+            self.queries,
+            self.episodes,
+            self.steps,
+            self.iterations
+        )
+    }
+}

@@ -1,0 +1,415 @@
+//! The `metalearn` command: experiment files, bad input, kill -9 and resume, eval.
+
+use metalearn::core::backend::NdArrayCpu;
+use metalearn::experiment::{claim_run_dir, Experiment};
+use metalearn::run::{eval, learner, train, EvalOverrides};
+use metalearn::train::files::list_checkpoints;
+use metalearn::train::metrics::{read, Record};
+use metalearn::train::{read_state, Progress, RunDir};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use toml::{Table, Value};
+
+fn experiments() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ml-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in ["omniglot", "sinusoid"] {
+        for e in std::fs::read_dir(experiments().join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `text` with `section.key = value` set.
+fn set(text: &str, edits: &[(&str, &str, Value)]) -> String {
+    let mut t: Table = toml::from_str(text).unwrap();
+    for (section, key, v) in edits {
+        t.entry(section.to_string())
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+            .unwrap()
+            .insert(key.to_string(), v.clone());
+    }
+    toml::to_string(&t).unwrap()
+}
+
+#[test]
+fn every_experiment_file_parses_round_trips_and_runs() {
+    let files = files();
+    assert!(files.len() >= 10, "{files:?}");
+    for f in files {
+        let exp = Experiment::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        // TOML → config → TOML: the resolved file parses to the same experiment.
+        let again = Experiment::parse(&exp.resolved_toml(), "resolved").unwrap();
+        assert_eq!(again.resolved(), exp.resolved(), "{}", f.display());
+        assert_eq!(again.resolved_toml(), exp.resolved_toml());
+        // A few iterations of each, small.
+        let text = std::fs::read_to_string(&f).unwrap();
+        let omniglot = exp.resolved()["task"]["source"].as_str() == Some("omniglot");
+        let mut edits = vec![
+            ("budget", "iterations", Value::Integer(2)),
+            ("budget", "val_episodes", Value::Integer(2)),
+            ("budget", "validate_every", Value::Integer(2)),
+            ("budget", "checkpoint_every", Value::Integer(1)),
+            ("eval", "episodes", Value::Integer(2)),
+        ];
+        let kind = exp.learner_kind.clone();
+        if kind != "protonet" {
+            edits.push(("learner", "meta_batch_size", Value::Integer(2)));
+        }
+        if omniglot && kind == "protonet" {
+            edits.push(("task", "ways", Value::Integer(10)));
+        }
+        if kind == "reptile" {
+            edits.push(("learner", "inner_steps", Value::Integer(2)));
+            edits.push(("budget", "val_steps", Value::Integer(2)));
+            edits.push(("eval", "steps", Value::Integer(2)));
+        }
+        let small = Experiment::parse(&set(&text, &edits), &f.display().to_string())
+            .unwrap()
+            .with_backend(metalearn::core::backend::BackendKind::Ndarray);
+        let dir = temp(&format!("run-{}", f.file_stem().unwrap().to_string_lossy()));
+        let s =
+            train(&small, &dir, Progress::Quiet).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_eq!(s.iterations, 2);
+        assert_eq!(s.state.validations.len(), 2, "at 0 and 2");
+        for p in [
+            "experiment.toml",
+            "metrics.jsonl",
+            "report.md",
+            "best/model.mlstate",
+        ] {
+            assert!(dir.join(p).exists(), "{}: no {p}", f.display());
+        }
+        let r = eval(&dir, EvalOverrides::default()).unwrap();
+        assert_eq!(r.episodes, 2);
+        assert!(r.loss.is_finite());
+        assert_eq!(r.accuracy.is_some(), omniglot);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+fn error_of(text: &str) -> String {
+    Experiment::parse(text, "exp.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn bad_experiment_files_name_the_key() {
+    let good = std::fs::read_to_string(experiments().join("sinusoid/maml.toml")).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        ("seed = 1\n[task\n".to_string(), "exp.toml"),
+        (
+            set(&good, &[("learner", "inner_rl", Value::Float(0.1))]),
+            "`learner.inner_rl`: unknown key",
+        ),
+        (
+            set(
+                &good,
+                &[("learner", "inner_lr", Value::String("fast".into()))],
+            ),
+            "`learner.inner_lr`: must be a number, found string",
+        ),
+        (
+            set(&good, &[("learner", "inner_lr", Value::Float(-1.0))]),
+            "`learner.inner_lr`",
+        ),
+        (
+            set(&good, &[("learner", "kind", Value::String("mamal".into()))]),
+            "unknown learner `mamal`",
+        ),
+        (
+            set(&good, &[("budget", "iterations", Value::Integer(0))]),
+            "`budget.iterations`",
+        ),
+        (
+            set(&good, &[("budget", "keep_last", Value::Integer(-3))]),
+            "`budget.keep_last`",
+        ),
+        (
+            set(&good, &[("budget", "sed", Value::Integer(3))]),
+            "`budget.sed`: unknown key",
+        ),
+        (
+            set(
+                &good,
+                &[("task", "source", Value::String("imagenet".into()))],
+            ),
+            "unknown task source",
+        ),
+        (
+            set(&good, &[("task", "k_shot", Value::Integer(0))]),
+            "`task.k_shot`",
+        ),
+        (
+            set(
+                &good,
+                &[(
+                    "model",
+                    "widths",
+                    Value::Array(vec![Value::String("a".into())]),
+                )],
+            ),
+            "`model.widths`",
+        ),
+        (
+            set(&good, &[("model", "kind", Value::String("conv4".into()))]),
+            "`model.widths`: unknown key",
+        ),
+        (
+            good.replace(
+                "kind = \"mlp\"\nwidths = [1, 40, 40, 1]",
+                "kind = \"conv4\"",
+            ),
+            "`model.kind`: `conv4` does not take",
+        ),
+        (
+            set(
+                &good,
+                &[("learner", "kind", Value::String("protonet".into()))],
+            ),
+            "classification",
+        ),
+        (
+            set(&good, &[("eval", "episodes", Value::Integer(0))]),
+            "`eval.episodes`",
+        ),
+        (
+            good.replace("seed = 1", "seed = 1\nbackend = \"tpu\""),
+            "`backend`: unknown backend `tpu`",
+        ),
+        (
+            good.replace("[budget]", "[budgets]"),
+            "`budgets`: unknown key",
+        ),
+        (
+            good.replace("iterations = 70000\n", ""),
+            "`budget.iterations`: missing",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = error_of(&text);
+        assert!(e.contains("exp.toml"), "no file name in: {e}");
+        assert!(
+            e.contains(expected),
+            "expected `{expected}` in: {e}\n---\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_different_experiment_is_refused_for_an_existing_run_dir() {
+    let text = std::fs::read_to_string(experiments().join("sinusoid/maml.toml")).unwrap();
+    let a = Experiment::parse(&text, "a").unwrap();
+    let b = Experiment::parse(
+        &set(
+            &text,
+            &[
+                ("learner", "inner_lr", Value::Float(0.02)),
+                ("budget", "patience", Value::Integer(3)),
+            ],
+        ),
+        "b",
+    )
+    .unwrap();
+    let dir = temp("differs");
+    claim_run_dir(&a, &dir).unwrap();
+    claim_run_dir(&a, &dir).unwrap();
+    let e = claim_run_dir(&b, &dir).unwrap_err().to_string();
+    assert!(e.contains("budget.patience, learner.inner_lr"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn strip_times(records: Vec<Record>) -> Vec<Record> {
+    records
+        .into_iter()
+        .map(|r| match r {
+            Record::Step {
+                iteration,
+                meta_loss,
+                meta_accuracy,
+                ..
+            } => Record::Step {
+                iteration,
+                meta_loss,
+                meta_accuracy,
+                ms: 0.0,
+                elapsed_s: 0.0,
+            },
+            v => v,
+        })
+        .collect()
+}
+
+fn run_to_end(exp: &Path, dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
+        .args(["train"])
+        .arg(exp)
+        .arg("--run-dir")
+        .arg(dir)
+        .args(["--progress", "quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Parameters of the newest checkpoint and of the best model.
+fn parameters(dir: &Path, exp: &Experiment) -> (Vec<f64>, Vec<f64>) {
+    let run = RunDir::new(dir);
+    let newest = &list_checkpoints(&run.checkpoints()).unwrap()[0].1;
+    let mut l = learner::<NdArrayCpu>(exp).unwrap();
+    l.load_state(&read_state(newest).unwrap()).unwrap();
+    let mut b = learner::<NdArrayCpu>(exp).unwrap();
+    b.load_state(&read_state(&run.best_model()).unwrap())
+        .unwrap();
+    (l.parameters(), b.parameters())
+}
+
+#[test]
+fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
+    let text = std::fs::read_to_string(experiments().join("sinusoid/maml.toml")).unwrap();
+    let text = set(
+        &text,
+        &[
+            ("budget", "iterations", Value::Integer(400)),
+            ("budget", "checkpoint_every", Value::Integer(20)),
+            ("budget", "validate_every", Value::Integer(50)),
+            ("budget", "val_episodes", Value::Integer(10)),
+            ("learner", "meta_batch_size", Value::Integer(5)),
+        ],
+    );
+    let root = temp("kill");
+    std::fs::create_dir_all(&root).unwrap();
+    let file = root.join("exp.toml");
+    std::fs::write(&file, &text).unwrap();
+    let exp = Experiment::load(&file).unwrap();
+
+    let reference = root.join("reference");
+    run_to_end(&file, &reference);
+
+    let killed = root.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metalearn"))
+        .arg("train")
+        .arg(&file)
+        .arg("--run-dir")
+        .arg(&killed)
+        .args(["--progress", "quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let ckpts = killed.join("checkpoints");
+    loop {
+        let newest = list_checkpoints(&ckpts)
+            .ok()
+            .and_then(|c| c.first().map(|c| c.0));
+        if newest.is_some_and(|n| n >= 60) {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("training ended ({status}) before it could be killed: raise `iterations`");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "watchdog: no checkpoint at iteration 60 after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let done_at_kill = read(&killed.join("metrics.jsonl")).unwrap().len();
+    run_to_end(&file, &killed);
+    assert!(done_at_kill > 0);
+
+    assert_eq!(
+        strip_times(read(&reference.join("metrics.jsonl")).unwrap()),
+        strip_times(read(&killed.join("metrics.jsonl")).unwrap()),
+        "metrics differ after kill -9 and resume"
+    );
+    let (p_ref, best_ref) = parameters(&reference, &exp);
+    let (p_res, best_res) = parameters(&killed, &exp);
+    assert_eq!(p_ref, p_res, "final parameters differ");
+    assert_eq!(best_ref, best_res, "best models differ");
+
+    // eval re-measures the same number twice, as text and JSON.
+    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
+        .args(["eval", "--episodes", "20", "--json", "--run-dir"])
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = eval(
+        &killed,
+        EvalOverrides {
+            episodes: Some(20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(j["loss"].as_f64(), Some(r.loss));
+    // Meta-training helped: the meta-learned init adapts better than chance level (a sine's
+    // mean square is A²/2 ≈ 4.3 for A ~ U[0.1, 5]).
+    assert!(r.loss < 2.0, "{r:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_command_reports_errors_without_panicking() {
+    let root = temp("errors");
+    std::fs::create_dir_all(&root).unwrap();
+    let bad = root.join("bad.toml");
+    std::fs::write(&bad, "[learner]\nkind = \"maml\"\ninner_lr = \"x\"\n").unwrap();
+    for args in [
+        vec![
+            "train".to_string(),
+            bad.display().to_string(),
+            "--run-dir".into(),
+            root.join("r").display().to_string(),
+        ],
+        vec![
+            "train".to_string(),
+            root.join("missing.toml").display().to_string(),
+            "--run-dir".into(),
+            root.join("r").display().to_string(),
+        ],
+        vec![
+            "eval".to_string(),
+            "--run-dir".into(),
+            root.join("nothing").display().to_string(),
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
