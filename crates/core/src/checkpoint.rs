@@ -241,6 +241,8 @@ pub trait AnyLearner: Checkpoint + Send + Sync {
     fn meta_batch_size(&self) -> usize;
     /// Query metrics after `steps` adaptation steps ([`MetaLearner::evaluate`]).
     fn evaluate(&self, episode: &EpisodeData, steps: usize) -> Result<StepMetrics>;
+    /// Query outputs after `steps` adaptation steps ([`MetaLearner::predict`]).
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> Result<Vec<f32>>;
 }
 
 /// Wraps a [`MetaLearner`] over rank-`D` inputs as an [`AnyLearner`].
@@ -287,6 +289,9 @@ where
     }
     fn evaluate(&self, episode: &EpisodeData, steps: usize) -> Result<StepMetrics> {
         self.0.evaluate(episode, steps)
+    }
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> Result<Vec<f32>> {
+        self.0.predict(episode, steps)
     }
 }
 

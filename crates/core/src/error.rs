@@ -58,6 +58,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The learner does not offer this operation.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// A worker thread pool could not be built.
     #[error("thread pool: {0}")]
     ThreadPool(String),

@@ -59,6 +59,18 @@ pub trait MetaLearner<const D: usize> {
             .ok_or(Error::Empty("adaptation curve"))
     }
 
+    /// The query outputs after `steps` adaptation steps on the support set, row-major
+    /// `[query examples, outputs]`: class scores (logits) for classification, predicted values
+    /// for regression. The query targets are not read: this is how a meta-learned model is
+    /// applied to new, unlabelled data. Learners that cannot predict return
+    /// [`Error::Unsupported`].
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> Result<Vec<f32>> {
+        let _ = (episode, steps);
+        Err(Error::Unsupported(
+            "this learner does not implement predictions".into(),
+        ))
+    }
+
     /// Meta-train for `iterations` meta-iterations on tasks drawn from `tasks`.
     ///
     /// The episodes of iteration `i` are drawn with seeds `seed.child(i).child(j)`, so a run is

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use metalearn::core::backend::BackendKind;
-use metalearn::run::{eval, train, EvalOverrides};
+use metalearn::run::{adapt, eval, train, EvalOverrides};
 use metalearn::train::Progress;
 use metalearn::Experiment;
 use std::path::PathBuf;
@@ -53,6 +53,24 @@ enum Command {
         #[arg(long)]
         steps: Option<usize>,
         /// Print JSON instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adapt the best model of a run to your labelled images and classify new ones.
+    Adapt {
+        /// The run directory.
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Labelled images: one subfolder per class (PNG or JPEG).
+        #[arg(long)]
+        support: PathBuf,
+        /// Images to classify (any depth).
+        #[arg(long)]
+        query: PathBuf,
+        /// Adaptation steps (default: the experiment's test steps).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -123,17 +141,35 @@ fn run(cli: Cli) -> metalearn::Result<()> {
                 },
             )?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r)
-                        .map_err(|e| metalearn::core::Error::Serde(e.to_string()))?
-                );
+                println!("{}", to_json(&r)?);
             } else {
                 println!("{}", r.line());
             }
             Ok(())
         }
+        Command::Adapt {
+            run_dir,
+            support,
+            query,
+            steps,
+            json,
+        } => {
+            let predictions = adapt(&run_dir, &support, &query, steps)?;
+            if json {
+                println!("{}", to_json(&predictions)?);
+            } else {
+                for p in predictions {
+                    println!("{}\t{}\t{:.3}", p.file, p.class, p.probability);
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> metalearn::Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| metalearn::core::Error::Serde(e.to_string()).into())
 }
 
 fn main() -> ExitCode {

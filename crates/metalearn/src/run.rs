@@ -7,17 +7,22 @@ use crate::experiment::{
 use crate::{Error, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use metalearn_core::{with_backend, AnyLearner, DynLearner, SeedStream, TaskDistribution};
+use metalearn_core::episode::{EpisodeData, HostBatch};
+use metalearn_core::{
+    with_backend, AnyLearner, DynLearner, SeedStream, TaskDistribution, TaskKind,
+};
 use metalearn_eval::StepsCurve;
+use metalearn_tasks::image::{decode, resize_area};
 use metalearn_tasks::{
-    NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig, Sinusoid,
+    load_image_folder, ImageFolderConfig, NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses,
+    OmniglotConfig, Sinusoid,
 };
 use metalearn_train::{
     evaluate, load_best, write_report, Progress, RunDir, TrainSummary, Trainer, Validation,
 };
 use metalearn_update::{Maml, MetaSgd, ProtoNet, Reptile};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Meta-train / meta-validation / meta-test task sources.
@@ -254,4 +259,165 @@ impl EvalReport {
             self.iterations
         )
     }
+}
+
+/// One query image's prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The image file, relative to the query folder.
+    pub file: String,
+    /// The predicted class (a support folder's name).
+    pub class: String,
+    /// Its probability (softmax of the class scores).
+    pub probability: f64,
+    /// Every class's probability, in the order of the support folders (sorted by name).
+    pub probabilities: Vec<f64>,
+}
+
+/// How the run's images were preprocessed (so that the user's images are treated the same).
+fn image_config(exp: &Experiment) -> Result<ImageFolderConfig> {
+    match &exp.task {
+        // Omniglot: grayscale, ink = 1 (dark ink on light paper is inverted), area-resized.
+        TaskSpec::Omniglot { image_size, .. } => Ok(ImageFolderConfig {
+            size: *image_size,
+            grayscale: true,
+            invert: true,
+        }),
+        TaskSpec::Sinusoid(_) => Err(Error::Usage(
+            "`adapt` takes a run trained on images (this one is sinusoid regression)".into(),
+        )),
+    }
+}
+
+fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let io = |e| {
+        metalearn_tasks::Error::from(metalearn_core::Error::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let is_image = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .is_some_and(|e| matches!(e.as_str(), "png" | "jpg" | "jpeg"));
+        if path.is_dir() {
+            image_files(&path, out)?;
+        } else if is_image {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Every PNG/JPEG under `dir` (any depth), preprocessed as `config` says, with its path.
+fn load_images(dir: &Path, config: ImageFolderConfig) -> Result<Vec<(PathBuf, Vec<f32>)>> {
+    let mut files = Vec::new();
+    image_files(dir, &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: no PNG or JPEG images",
+            dir.display()
+        )));
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f).map_err(|e| metalearn_core::Error::Io {
+                path: f.display().to_string(),
+                source: e,
+            })?;
+            let img = decode(&bytes).map_err(|reason| {
+                Error::Usage(format!("{}: cannot decode image: {reason}", f.display()))
+            })?;
+            let planes = if config.grayscale {
+                vec![img.to_gray()]
+            } else {
+                (0..3).map(|c| img.channel(c)).collect()
+            };
+            let mut v = Vec::new();
+            for p in planes {
+                let r = resize_area(&p, config.size, config.size);
+                v.extend(
+                    r.pixels
+                        .iter()
+                        .map(|&x| if config.invert { 1.0 - x } else { x }),
+                );
+            }
+            Ok((f, v))
+        })
+        .collect()
+}
+
+/// Adapt the best model of the run in `dir` to the labelled images in `support` (one
+/// subfolder per class) with `steps` adaptation steps (default: the experiment's test steps),
+/// and classify every image under `query`. Images are preprocessed as at training.
+///
+/// The query images are classified together, in one batch (transductive batch norm, as in
+/// the experiment's evaluation).
+pub fn adapt(
+    dir: &Path,
+    support: &Path,
+    query: &Path,
+    steps: Option<usize>,
+) -> Result<Vec<Prediction>> {
+    let exp = load_run_dir(dir)?;
+    let config = image_config(&exp)?;
+    let folder = load_image_folder(support, config)?;
+    let ways = folder.names.len();
+    if let (ModelSpec::Conv4(c), false) =
+        (&exp.model, matches!(exp.learner, LearnerSpec::ProtoNet(_)))
+    {
+        if c.ways != ways {
+            return Err(Error::Usage(format!(
+                "the model was trained for {}-way tasks; {} holds {ways} class folders",
+                c.ways,
+                support.display()
+            )));
+        }
+    }
+    let support_batch = folder.classes.labelled_batch()?;
+    let images = load_images(query, config)?;
+    let example = support_batch.input_shape[1..].to_vec();
+    let mut shape = vec![images.len()];
+    shape.extend_from_slice(&example);
+    let inputs: Vec<f32> = images.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    // The labels of the query set are not read by `predict`; class 0 fills the slot.
+    let query_batch = HostBatch::classification(inputs, shape, vec![0; images.len()], ways)?;
+    let episode = EpisodeData {
+        kind: TaskKind::Classification { ways },
+        support: support_batch,
+        query: query_batch,
+    };
+    let mut learner = with_backend!(exp.backend, B => learner::<B>(&exp))?;
+    load_best(&RunDir::new(dir), learner.as_mut())?;
+    let logits = learner.predict(&episode, steps.unwrap_or(exp.eval.steps))?;
+    Ok(images
+        .iter()
+        .zip(logits.chunks(ways))
+        .map(|((path, _), row)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f64> = row.iter().map(|&x| f64::from(x - max).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            let probabilities: Vec<f64> = exp.iter().map(|e| e / sum).collect();
+            let (best, p) = probabilities
+                .iter()
+                .copied()
+                .enumerate()
+                .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+            Prediction {
+                file: path
+                    .strip_prefix(query)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string(),
+                class: folder.names[best].clone(),
+                probability: p,
+                probabilities,
+            }
+        })
+        .collect())
 }

@@ -175,6 +175,10 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> MetaLearner<2> for BatchedMaml<B, M
     ) -> Result<metalearn_core::learner::StepMetrics> {
         self.inner.evaluate(episode, steps)
     }
+
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> Result<Vec<f32>> {
+        self.inner.predict(episode, steps)
+    }
 }
 
 impl<B: Backend, M: BatchedMetaTrainable<B>> Checkpoint for BatchedMaml<B, M> {

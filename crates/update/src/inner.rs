@@ -232,15 +232,51 @@ pub(crate) fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
     device: &B::Device,
 ) -> Result<(f64, Option<f64>)> {
     let q = episode.query.to_batch::<B, D>(device)?;
-    let out = if transductive {
+    let out = query_outputs::<B, N, D>(model, episode, transductive, device)?;
+    let loss = scalar(task_loss(episode.kind, out.clone(), q.targets)?);
+    let acc = q.labels.as_deref().map(|l| accuracy(out, l));
+    Ok((loss, acc))
+}
+
+/// The model's outputs on the query inputs (see [`evaluate`] for `transductive`).
+pub(crate) fn query_outputs<B: Backend, N: MetaModule<B, D>, const D: usize>(
+    model: &N,
+    episode: &EpisodeData,
+    transductive: bool,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
+    let q = episode.query.to_batch::<B, D>(device)?;
+    Ok(if transductive {
         model.forward(q.inputs)
     } else {
         let s = episode.support.to_batch::<B, D>(device)?;
         non_transductive(s.inputs, q.inputs, |x, n| model.forward(x).narrow(0, n, 1))
-    };
-    let loss = scalar(task_loss(episode.kind, out.clone(), q.targets)?);
-    let acc = q.labels.as_deref().map(|l| accuracy(out, l));
-    Ok((loss, acc))
+    })
+}
+
+/// Query outputs (host, row-major) after exactly `steps` inner steps from `start`.
+pub(crate) fn predict_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+    start: M::InnerModule,
+    episode: &EpisodeData,
+    steps: usize,
+    rule: impl InnerUpdate<B>,
+    transductive: bool,
+    device: &B::Device,
+) -> Result<Vec<f32>> {
+    let phi = adapt::<B, M, D>(start, episode, steps, rule, device)?;
+    let out = query_outputs::<B, M::InnerModule, D>(&phi, episode, transductive, device)?;
+    let v: Vec<f32> = out
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| Error::Serde(format!("{e:?}")))?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::AdaptationDiverged {
+            step: steps,
+            value: f64::NAN,
+        });
+    }
+    Ok(v)
 }
 
 /// Query metrics after exactly `steps` inner steps from `start` (one query pass; see

@@ -14,7 +14,7 @@
 
 use crate::inner::{
     adapt, adaptation_curve, evaluate, evaluate_after, guarded_step, meta_batch_gradient,
-    BatchGradient, Sizes, AB,
+    predict_after, BatchGradient, Sizes, AB,
 };
 use crate::state::{put_module, put_optim, take_module, take_optim};
 use crate::Result as UpdateResult;
@@ -290,6 +290,17 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
         steps: usize,
     ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
         evaluate_after::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            self.config.transductive,
+            &self.device,
+        )
+    }
+
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
+        predict_after::<B, M, D>(
             self.model.valid(),
             episode,
             steps,

@@ -4,7 +4,8 @@
 //! second-order machinery as [`Maml`](crate::Maml).
 
 use crate::inner::{
-    adapt, adaptation_curve, evaluate_after, guarded_step, meta_batch_gradient, Sizes, AB,
+    adapt, adaptation_curve, evaluate_after, guarded_step, meta_batch_gradient, predict_after,
+    Sizes, AB,
 };
 use crate::maml::MamlConfig;
 use crate::state::{put_module, put_optim, take_module, take_optim};
@@ -191,6 +192,17 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
         steps: usize,
     ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
         evaluate_after::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            &self.sizes(),
+            self.config.transductive,
+            &self.device,
+        )
+    }
+
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
+        predict_after::<B, M, D>(
             self.model.valid(),
             episode,
             steps,

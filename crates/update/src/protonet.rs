@@ -245,6 +245,20 @@ where
             &self.device,
         )
     }
+
+    fn predict(&self, episode: &EpisodeData, _steps: usize) -> metalearn_core::Result<Vec<f32>> {
+        let logits = proto_query_logits::<B, M::InnerModule, D>(
+            &self.model.valid(),
+            episode,
+            self.config.transductive,
+            &self.device,
+        )?;
+        logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| Error::Serde(format!("{e:?}")))
+    }
 }
 
 /// Query loss and accuracy of the prototype classifier of embedding `model` on `episode`
@@ -255,11 +269,27 @@ pub(crate) fn proto_curve<B: Backend, E: EmbeddingModule<B, D>, const D: usize>(
     transductive: bool,
     device: &B::Device,
 ) -> metalearn_core::Result<AdaptationCurve> {
+    let q = episode.query.to_batch::<B, D>(device)?;
+    let logits = proto_query_logits::<B, E, D>(model, episode, transductive, device)?;
+    Ok(vec![StepMetrics {
+        steps: 0,
+        loss: scalar(cross_entropy(logits.clone(), q.targets)),
+        accuracy: q.labels.as_deref().map(|l| accuracy(logits, l)),
+    }])
+}
+
+/// The prototype classifier's logits `[query, ways]` on `episode`'s query inputs.
+pub(crate) fn proto_query_logits<B: Backend, E: EmbeddingModule<B, D>, const D: usize>(
+    model: &E,
+    episode: &EpisodeData,
+    transductive: bool,
+    device: &B::Device,
+) -> metalearn_core::Result<Tensor<B, 2>> {
     ways(episode)?;
     check_embed_episode::<B, E, D>(model, episode)?;
     let s = episode.support.to_batch::<B, D>(device)?;
     let q = episode.query.to_batch::<B, D>(device)?;
-    let logits = if transductive {
+    Ok(if transductive {
         let protos = prototypes(model.embed(s.inputs), s.targets);
         prototype_logits_from(protos, model.embed(q.inputs))
     } else {
@@ -272,12 +302,7 @@ pub(crate) fn proto_curve<B: Backend, E: EmbeddingModule<B, D>, const D: usize>(
                 emb.narrow(0, n, rows - n),
             )
         })
-    };
-    Ok(vec![StepMetrics {
-        steps: 0,
-        loss: scalar(cross_entropy(logits.clone(), q.targets)),
-        accuracy: q.labels.as_deref().map(|l| accuracy(logits, l)),
-    }])
+    })
 }
 
 #[cfg(test)]

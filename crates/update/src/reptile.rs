@@ -5,7 +5,9 @@
 //! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
 //! after adaptation. At test time only the support set is used.
 
-use crate::inner::{adapt, adaptation_curve, evaluate, evaluate_after, InnerAdam, Rule, Sizes};
+use crate::inner::{
+    adapt, adaptation_curve, evaluate, evaluate_after, predict_after, InnerAdam, Rule, Sizes,
+};
 use crate::state::{put_module, take_module};
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -263,6 +265,17 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         steps: usize,
     ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
         evaluate_after::<B, M, D>(
+            self.model.valid(),
+            episode,
+            steps,
+            self.rule(),
+            self.config.transductive,
+            &self.device,
+        )
+    }
+
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
+        predict_after::<B, M, D>(
             self.model.valid(),
             episode,
             steps,

@@ -1,0 +1,115 @@
+//! `metalearn adapt`: a short meta-training run, then the user's own images (Omniglot
+//! characters the model never saw, written as PNG files) are classified far above chance.
+
+use metalearn::experiment::{Experiment, OmniglotSplit};
+use metalearn::run::{adapt, omniglot_classes, train};
+use metalearn::tasks::ClassDataset;
+use metalearn::train::Progress;
+use std::path::Path;
+use std::process::Command;
+
+const EXPERIMENT: &str = r#"
+seed = 3
+
+[task]
+source = "omniglot"
+ways = 20
+shots = 1
+queries = 5
+
+[learner]
+kind = "protonet"
+
+[budget]
+iterations = 150
+validate_every = 150
+val_episodes = 10
+checkpoint_every = 150
+
+[eval]
+ways = 5
+"#;
+
+/// Write a 28×28 image with ink = 1 as a PNG of dark ink on white, as scanned characters are.
+fn write_png(path: &Path, pixels: &[f32], size: usize) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let bytes: Vec<u8> = pixels
+        .iter()
+        .map(|&v| (255.0 * (1.0 - v.clamp(0.0, 1.0))).round() as u8)
+        .collect();
+    let mut out = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut out, size as u32, size as u32);
+        e.set_color(png::ColorType::Grayscale);
+        e.set_depth(png::BitDepth::Eight);
+        let mut w = e.write_header().unwrap();
+        w.write_image_data(&bytes).unwrap();
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn adapt_classifies_new_characters_far_above_chance() {
+    let root = std::env::temp_dir().join(format!("ml-adapt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let run = root.join("run");
+    let exp = Experiment::parse(EXPERIMENT, "adapt.toml").unwrap();
+    train(&exp, &run, Progress::Quiet).unwrap();
+
+    // Five test-split characters (never seen in training): one labelled drawing each, and
+    // four more drawings of each to classify.
+    let [_, _, test] = omniglot_classes(OmniglotSplit::Vinyals, false, 28).unwrap();
+    let (support, query) = (root.join("support"), root.join("query"));
+    let mut truth = Vec::new();
+    let mut img = Vec::new();
+    for (k, class) in [3usize, 50, 111, 222, 400].into_iter().enumerate() {
+        let name = format!("char{k}");
+        for i in 0..5 {
+            img.clear();
+            test.write_example(class, i, &mut img).unwrap();
+            if i == 0 {
+                write_png(&support.join(&name).join("0.png"), &img, 28);
+            } else {
+                let file = format!("{name}_{i}.png");
+                write_png(&query.join(&file), &img, 28);
+                truth.push((file, name.clone()));
+            }
+        }
+    }
+    let predictions = adapt(&run, &support, &query, None).unwrap();
+    assert_eq!(predictions.len(), 20);
+    let correct = predictions
+        .iter()
+        .filter(|p| truth.iter().any(|(f, c)| *f == p.file && *c == p.class))
+        .count();
+    // Chance is 4 of 20; a short ProtoNet run gets most of them.
+    assert!(correct >= 12, "{correct}/20 correct: {predictions:#?}");
+    for p in &predictions {
+        let s: f64 = p.probabilities.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6 && p.probability <= 1.0);
+    }
+
+    // The command prints one line per query image.
+    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
+        .args(["adapt", "--run-dir"])
+        .arg(&run)
+        .arg("--support")
+        .arg(&support)
+        .arg("--query")
+        .arg(&query)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 20, "{text}");
+    assert!(text.lines().all(|l| l.split('\t').count() == 3), "{text}");
+
+    // A folder of the wrong kind is an error, not a panic.
+    let e = adapt(&run, &query, &query, None).unwrap_err().to_string();
+    assert!(e.contains("class folders"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
