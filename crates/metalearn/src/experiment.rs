@@ -177,12 +177,12 @@ pub struct Experiment {
 }
 
 /// Reads one file, naming it and the key in every error.
-struct Ctx<'a> {
-    file: &'a str,
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a str,
 }
 
 impl Ctx<'_> {
-    fn key(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    pub(crate) fn key(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Key {
             file: self.file.to_string(),
             key: key.into(),
@@ -191,7 +191,7 @@ impl Ctx<'_> {
     }
 
     /// Map a config's own range check (`InvalidConfig { field }`) to this file's key.
-    fn checked(&self, section: &str, r: metalearn_core::Result<()>) -> Result<()> {
+    pub(crate) fn checked(&self, section: &str, r: metalearn_core::Result<()>) -> Result<()> {
         r.map_err(|e| match e {
             metalearn_core::Error::InvalidConfig { field, reason } => {
                 self.key(format!("{section}.{field}"), reason)
@@ -200,7 +200,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn section<'t>(
+    pub(crate) fn section<'t>(
         &self,
         root: &'t Table,
         name: &str,
@@ -214,7 +214,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn string<'t>(&self, t: &'t Table, section: &str, key: &str) -> Result<Option<&'t str>> {
+    pub(crate) fn string<'t>(
+        &self,
+        t: &'t Table,
+        section: &str,
+        key: &str,
+    ) -> Result<Option<&'t str>> {
         match t.get(key) {
             Some(Value::String(s)) => Ok(Some(s)),
             Some(v) => Err(self.key(
@@ -227,7 +232,7 @@ impl Ctx<'_> {
 
     /// `base` with the user's keys of `user` (except `consumed` ones) laid over it. A key the
     /// base does not have is unknown; a value of another type than the default's is refused.
-    fn overlay<C: Serialize + DeserializeOwned>(
+    pub(crate) fn overlay<C: Serialize + DeserializeOwned>(
         &self,
         section: &str,
         base: &C,
@@ -338,23 +343,8 @@ impl Experiment {
                 ));
             }
         }
-        let seed = match root.get("seed") {
-            None => 0,
-            Some(Value::Integer(i)) if *i >= 0 => *i as u64,
-            Some(v) => {
-                return Err(cx.key("seed", format!("must be a non-negative integer, found {v}")))
-            }
-        };
-        let backend = match cx.string(&root, "", "backend") {
-            Ok(None) => BackendKind::default(),
-            Ok(Some(s)) => s.parse().map_err(|e: metalearn_core::Error| {
-                cx.key(
-                    "backend",
-                    e.to_string().replace("invalid config: `backend` ", ""),
-                )
-            })?,
-            Err(_) => return Err(cx.key("backend", "must be a string")),
-        };
+        let seed = parse_seed(&cx, &root)?;
+        let backend = parse_backend(&cx, &root)?;
         let mut resolved = Table::new();
         resolved.insert("seed".into(), Value::Integer(seed as i64));
         resolved.insert("backend".into(), Value::String(backend.to_string()));
@@ -489,7 +479,17 @@ pub fn differing_keys(a: &Table, b: &Table) -> Vec<String> {
 /// Check `exp` against the run directory's `experiment.toml` (refusing a different one) or
 /// write it there for a new run.
 pub fn claim_run_dir(exp: &Experiment, dir: &Path) -> std::result::Result<(), crate::Error> {
-    let path = dir.join("experiment.toml");
+    claim(exp.resolved(), dir, "experiment.toml")
+}
+
+/// Check a resolved `table` against `dir/name` (refusing a different one, naming the keys that
+/// differ) or write it there.
+pub(crate) fn claim(
+    table: &Table,
+    dir: &Path,
+    name: &str,
+) -> std::result::Result<(), crate::Error> {
+    let path = dir.join(name);
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
             file: path.display().to_string(),
@@ -499,7 +499,7 @@ pub fn claim_run_dir(exp: &Experiment, dir: &Path) -> std::result::Result<(), cr
             file: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let keys = differing_keys(&old, exp.resolved());
+        let keys = differing_keys(&old, table);
         if !keys.is_empty() {
             return Err(ConfigError::Differs {
                 dir: dir.display().to_string(),
@@ -509,13 +509,40 @@ pub fn claim_run_dir(exp: &Experiment, dir: &Path) -> std::result::Result<(), cr
         }
         return Ok(());
     }
-    metalearn_train::files::write_atomic(&path, exp.resolved_toml().as_bytes())?;
+    let text = toml::to_string_pretty(table).map_err(|e| ConfigError::Syntax {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    metalearn_train::files::write_atomic(&path, text.as_bytes())?;
     Ok(())
 }
 
 /// The experiment recorded in a run directory.
 pub fn load_run_dir(dir: &Path) -> Result<Experiment> {
     Experiment::load(&dir.join("experiment.toml"))
+}
+
+/// The top-level `backend` key (default: flex).
+pub(crate) fn parse_backend(cx: &Ctx<'_>, root: &Table) -> Result<BackendKind> {
+    match cx.string(root, "", "backend") {
+        Ok(None) => Ok(BackendKind::default()),
+        Ok(Some(s)) => s.parse().map_err(|e: metalearn_core::Error| {
+            cx.key(
+                "backend",
+                e.to_string().replace("invalid config: `backend` ", ""),
+            )
+        }),
+        Err(_) => Err(cx.key("backend", "must be a string")),
+    }
+}
+
+/// The top-level `seed` key (default 0).
+pub(crate) fn parse_seed(cx: &Ctx<'_>, root: &Table) -> Result<u64> {
+    match root.get("seed") {
+        None => Ok(0),
+        Some(Value::Integer(i)) if *i >= 0 => Ok(*i as u64),
+        Some(v) => Err(cx.key("seed", format!("must be a non-negative integer, found {v}"))),
+    }
 }
 
 fn usize_key(

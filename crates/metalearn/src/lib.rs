@@ -7,11 +7,15 @@
 //! ```text
 //! metalearn train EXPERIMENT.toml --run-dir DIR [--backend flex|ndarray|wgpu]
 //! metalearn eval --run-dir DIR [--episodes 600] [--ways N] [--shots K] [--steps S] [--json]
+//! metalearn adapt --run-dir DIR --support FOLDER --query FOLDER [--steps S] [--json]
+//! metalearn search SEARCH.toml --run-dir DIR
 //! ```
 //!
 //! `train` reads an experiment file ([`experiment`]), meta-trains with checkpoints in `DIR`
 //! and resumes when run again on the same directory; `eval` measures the best model on the
-//! meta-test tasks. Everything the command does is a library function in [`run`], so a program
+//! meta-test tasks; `adapt` classifies the user's own images after adapting the best model to a
+//! few labelled ones; `search` runs an architecture search ([`search_file`]) with a journal it
+//! resumes from. Everything the command does is a library function in [`run`], so a program
 //! can do the same without the binary.
 //!
 //! | crate | re-exported as | what |
@@ -27,6 +31,7 @@
 
 pub mod experiment;
 pub mod run;
+pub mod search_file;
 
 pub use metalearn_core as core;
 pub use metalearn_eval as eval;

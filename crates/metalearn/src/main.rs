@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use metalearn::core::backend::BackendKind;
 use metalearn::run::{adapt, eval, train, EvalOverrides};
+use metalearn::search_file::{search, SearchFile};
 use metalearn::train::Progress;
 use metalearn::Experiment;
 use std::path::PathBuf;
@@ -55,6 +56,15 @@ enum Command {
         /// Print JSON instead of a line of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Search Conv4 architectures by few-shot accuracy after brief meta-training; run it again on
+    /// the same run directory to resume.
+    Search {
+        /// The search file.
+        file: PathBuf,
+        /// Where the journal and the result go.
+        #[arg(long)]
+        run_dir: PathBuf,
     },
     /// Adapt the best model of a run to your labelled images and classify new ones.
     Adapt {
@@ -144,6 +154,26 @@ fn run(cli: Cli) -> metalearn::Result<()> {
                 println!("{}", to_json(&r)?);
             } else {
                 println!("{}", r.line());
+            }
+            Ok(())
+        }
+        Command::Search { file, run_dir } => {
+            let f = SearchFile::load(&file)?;
+            let r = search(&f, &run_dir)?;
+            if r.resumed > 0 {
+                eprintln!(
+                    "resumed: {} evaluations read back from the journal",
+                    r.resumed
+                );
+            }
+            if let Some(b) = r.best() {
+                println!(
+                    "best of {} candidates: {} (score {:.4}); journal in {}",
+                    r.records.len(),
+                    b.label,
+                    b.score,
+                    run_dir.join("journal.jsonl").display()
+                );
             }
             Ok(())
         }

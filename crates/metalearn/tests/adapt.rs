@@ -1,6 +1,8 @@
 //! `metalearn adapt`: a short meta-training run, then the user's own images (Omniglot
 //! characters the model never saw, written as PNG files) are classified far above chance.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+
 use metalearn::experiment::{Experiment, OmniglotSplit};
 use metalearn::run::{adapt, omniglot_classes, train};
 use metalearn::tasks::ClassDataset;

@@ -1,5 +1,7 @@
 //! The `metalearn` command: experiment files, bad input, kill -9 and resume, eval.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+
 use metalearn::core::backend::NdArrayCpu;
 use metalearn::experiment::{claim_run_dir, Experiment};
 use metalearn::run::{eval, learner, train, EvalOverrides};

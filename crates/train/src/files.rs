@@ -50,7 +50,7 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
             out.push((n, entry.path()));
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
     Ok(out)
 }
 

@@ -82,7 +82,7 @@ impl Display {
                     b.set_message(msg);
                 }
             }
-            Progress::Lines if done % self.every == 0 || done == self.total => {
+            Progress::Lines if done.is_multiple_of(self.every) || done == self.total => {
                 let eta = (self.total - done) as f64 / rate.max(1e-9);
                 eprintln!(
                     "iteration {done}/{} {msg} {rate:.2} it/s ETA {}",

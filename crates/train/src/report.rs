@@ -80,7 +80,7 @@ pub fn write_report(run: &RunDir, title: &str) -> Result<PathBuf> {
         iterations as f64 / elapsed.max(1e-9),
         median(&times).unwrap_or(f64::NAN)
     );
-    if let Some(b) = vals.iter().filter(|v| v.3).last() {
+    if let Some(b) = vals.iter().rfind(|v| v.3) {
         let _ = writeln!(
             md,
             "Best {what}: **{:.2} ± {:.2}{unit}** after {} iterations (saved in `best/`).\n",

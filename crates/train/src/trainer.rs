@@ -362,7 +362,8 @@ impl Trainer {
             })?;
             let done = i + 1;
             bar.step(done, &stats, session.elapsed().as_secs_f64(), done - start);
-            let due = |every: usize| (every > 0 && done % every == 0) || done == c.iterations;
+            let due =
+                |every: usize| (every > 0 && done.is_multiple_of(every)) || done == c.iterations;
             if due(c.validate_every) {
                 let v = self.validate(learner, val, &mut trainer, &mut log)?;
                 bar.validation(&v, trainer.metric);

@@ -1,6 +1,8 @@
 //! Resume after an interruption gives the same parameters and metrics as a run that never
 //! stopped; a corrupt checkpoint is skipped with a warning naming it.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+
 use burn::backend::Autodiff;
 use metalearn_core::backend::NdArrayCpu;
 use metalearn_core::episode::EpisodeData;

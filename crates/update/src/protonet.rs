@@ -305,30 +305,6 @@ pub(crate) fn proto_query_logits<B: Backend, E: EmbeddingModule<B, D>, const D: 
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use metalearn_core::backend::NdArrayCpu as Bk;
-
-    #[test]
-    fn prototype_distances_by_hand() {
-        let d = Default::default();
-        // class 0: (0,0) and (2,0) -> prototype (1,0); class 1: (0,4) -> (0,4)
-        let s = Tensor::<Bk, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]], &d);
-        let y = Tensor::<Bk, 2>::from_floats([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], &d);
-        let q = Tensor::<Bk, 2>::from_floats([[1.0, 1.0], [0.0, 3.0]], &d);
-        let l: Vec<f32> = prototype_logits(s, y, q)
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        // q0=(1,1): to (1,0) dist² 1; to (0,4) 1 + 9 = 10. q1=(0,3): 1 + 9 = 10; 1.
-        let want = [-1.0, -10.0, -10.0, -1.0];
-        for (a, b) in l.iter().zip(want) {
-            assert!((a - b).abs() < 1e-5, "{l:?}");
-        }
-    }
-}
-
 impl<B: Backend, M, const D: usize> Checkpoint for ProtoNet<B, M, D>
 where
     M: AutodiffModule<AB<B>> + EmbeddingModule<AB<B>, D>,
@@ -359,5 +335,29 @@ where
         self.model = model;
         self.iterations = state.iterations;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalearn_core::backend::NdArrayCpu as Bk;
+
+    #[test]
+    fn prototype_distances_by_hand() {
+        let d = Default::default();
+        // class 0: (0,0) and (2,0) -> prototype (1,0); class 1: (0,4) -> (0,4)
+        let s = Tensor::<Bk, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]], &d);
+        let y = Tensor::<Bk, 2>::from_floats([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], &d);
+        let q = Tensor::<Bk, 2>::from_floats([[1.0, 1.0], [0.0, 3.0]], &d);
+        let l: Vec<f32> = prototype_logits(s, y, q)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        // q0=(1,1): to (1,0) dist² 1; to (0,4) 1 + 9 = 10. q1=(0,3): 1 + 9 = 10; 1.
+        let want = [-1.0, -10.0, -10.0, -1.0];
+        for (a, b) in l.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{l:?}");
+        }
     }
 }
