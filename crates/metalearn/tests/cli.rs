@@ -9,18 +9,14 @@ use metalearn::train::files::list_checkpoints;
 use metalearn::train::metrics::{read, Record};
 use metalearn::train::{read_state, Progress, RunDir};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 use toml::{Table, Value};
+
+mod common;
+use common::{kill_when, spawn, temp};
 
 fn experiments() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ml-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 fn files() -> Vec<PathBuf> {
@@ -237,40 +233,11 @@ fn a_different_experiment_is_refused_for_an_existing_run_dir() {
 }
 
 fn strip_times(records: Vec<Record>) -> Vec<Record> {
-    records
-        .into_iter()
-        .map(|r| match r {
-            Record::Step {
-                iteration,
-                meta_loss,
-                meta_accuracy,
-                ..
-            } => Record::Step {
-                iteration,
-                meta_loss,
-                meta_accuracy,
-                ms: 0.0,
-                elapsed_s: 0.0,
-            },
-            v => v,
-        })
-        .collect()
+    records.into_iter().map(Record::without_times).collect()
 }
 
 fn run_to_end(exp: &Path, dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .args(["train"])
-        .arg(exp)
-        .arg("--run-dir")
-        .arg(dir)
-        .args(["--progress", "quiet"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_to_end("train", exp, dir);
 }
 
 /// Parameters of the newest checkpoint and of the best model.
@@ -308,36 +275,18 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
     run_to_end(&file, &reference);
 
     let killed = root.join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .arg("train")
-        .arg(&file)
-        .arg("--run-dir")
-        .arg(&killed)
-        .args(["--progress", "quiet"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
+    let mut child = spawn("train", &file, &killed);
     let ckpts = killed.join("checkpoints");
-    loop {
-        let newest = list_checkpoints(&ckpts)
+    let newest = || {
+        list_checkpoints(&ckpts)
             .ok()
-            .and_then(|c| c.first().map(|c| c.0));
-        if newest.is_some_and(|n| n >= 60) {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("training ended ({status}) before it could be killed: raise `iterations`");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "watchdog: no checkpoint at iteration 60 after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
+            .and_then(|c| c.first().map(|c| c.0))
+    };
+    kill_when(
+        &mut child,
+        || newest().is_some_and(|n| n >= 60),
+        "a checkpoint at iteration 60",
+    );
     let done_at_kill = read(&killed.join("metrics.jsonl")).unwrap().len();
     run_to_end(&file, &killed);
     assert!(done_at_kill > 0);

@@ -6,8 +6,10 @@
 use metalearn::search::journal::Record;
 use metalearn::search_file::SearchFile;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+mod common;
+use common::{kill_when, spawn};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/search/conv4-evolution.toml")
@@ -31,18 +33,7 @@ fn records(dir: &Path) -> Vec<(usize, String, f64, u64)> {
 }
 
 fn run(file: &Path, dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .arg("search")
-        .arg(file)
-        .arg("--run-dir")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_to_end("search", file, dir);
 }
 
 #[test]
@@ -98,34 +89,17 @@ fn kill_9_during_a_search_loses_and_repeats_nothing() {
     assert_eq!(want.len(), 8);
 
     let killed = root.join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .arg("search")
-        .arg(&file)
-        .arg("--run-dir")
-        .arg(&killed)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let n = std::fs::read_to_string(killed.join("journal.jsonl"))
+    let mut child = spawn("search", &file, &killed);
+    let journal_lines = || {
+        std::fs::read_to_string(killed.join("journal.jsonl"))
             .map(|t| t.lines().count())
-            .unwrap_or(0);
-        if n >= 2 {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the search ended ({status}) before it could be killed");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "watchdog: fewer than 2 evaluations after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+            .unwrap_or(0)
+    };
+    kill_when(
+        &mut child,
+        || journal_lines() >= 2,
+        "2 finished evaluations",
+    );
     let partial = records(&killed);
     assert!(partial.len() < 8, "killed too late to test anything");
     run(&file, &killed);

@@ -59,6 +59,25 @@ impl Record {
         }
     }
 
+    /// The record with its wall times set to zero: what two runs of the same seed must agree on.
+    pub fn without_times(self) -> Self {
+        match self {
+            Self::Step {
+                iteration,
+                meta_loss,
+                meta_accuracy,
+                ..
+            } => Self::Step {
+                iteration,
+                meta_loss,
+                meta_accuracy,
+                ms: 0.0,
+                elapsed_s: 0.0,
+            },
+            v => v,
+        }
+    }
+
     /// Whether the record describes the state after `done` iterations or earlier.
     fn within(&self, done: usize) -> bool {
         match self {

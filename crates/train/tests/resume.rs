@@ -70,21 +70,7 @@ fn metrics(run: &RunDir) -> Vec<Record> {
     read(&run.metrics())
         .unwrap()
         .into_iter()
-        .map(|r| match r {
-            Record::Step {
-                iteration,
-                meta_loss,
-                meta_accuracy,
-                ..
-            } => Record::Step {
-                iteration,
-                meta_loss,
-                meta_accuracy,
-                ms: 0.0,
-                elapsed_s: 0.0,
-            },
-            v => v,
-        })
+        .map(Record::without_times)
         .collect()
 }
 

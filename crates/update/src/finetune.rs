@@ -6,7 +6,7 @@
 //! body is frozen and a new linear head is trained on the support set's embeddings.
 
 use crate::inner::{adam_step, AB};
-use crate::state::{put_module, put_optim, take_module, take_optim};
+use crate::state::{model_optim_from, model_optim_state};
 use crate::transfer::fit_head;
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -262,17 +262,18 @@ where
     }
 
     fn state(&self) -> metalearn_core::Result<LearnerState> {
-        let s = LearnerState::new(self.learner_name(), self.iterations);
-        let s = put_module::<B, M>(s, "model", &self.model)?;
-        put_optim::<B, M>(s, "optim", &self.optim)
+        model_optim_state::<B, M>(
+            self.learner_name(),
+            self.iterations,
+            &self.model,
+            &self.optim,
+        )
     }
 
     fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
-        state.expect_learner(self.learner_name())?;
-        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
-        self.optim = take_optim::<B, M>(state, "optim", &self.device)?;
-        self.model = model;
-        self.iterations = state.iterations;
+        let (model, optim) =
+            model_optim_from::<B, M>(state, self.learner_name(), &self.model, &self.device)?;
+        (self.model, self.optim, self.iterations) = (model, optim, state.iterations);
         Ok(())
     }
 }

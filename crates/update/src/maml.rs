@@ -16,7 +16,7 @@ use crate::inner::{
     adapt, adaptation_curve, evaluate, evaluate_after, guarded_step, meta_batch_gradient,
     predict_after, BatchGradient, Sizes, AB,
 };
-use crate::state::{put_module, put_optim, take_module, take_optim};
+use crate::state::{model_optim_from, model_optim_state};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -325,17 +325,18 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Maml<B, 
     }
 
     fn state(&self) -> metalearn_core::Result<LearnerState> {
-        let s = LearnerState::new(self.learner_name(), self.iterations);
-        let s = put_module::<B, M>(s, "model", &self.model)?;
-        put_optim::<B, M>(s, "optim", &self.optim)
+        model_optim_state::<B, M>(
+            self.learner_name(),
+            self.iterations,
+            &self.model,
+            &self.optim,
+        )
     }
 
     fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
-        state.expect_learner(self.learner_name())?;
-        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
-        self.optim = take_optim::<B, M>(state, "optim", &self.device)?;
-        self.model = model;
-        self.iterations = state.iterations;
+        let (model, optim) =
+            model_optim_from::<B, M>(state, self.learner_name(), &self.model, &self.device)?;
+        (self.model, self.optim, self.iterations) = (model, optim, state.iterations);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! than at test, which Snell et al. found helps: 60-way training for Omniglot).
 
 use crate::inner::{adam_step, AB};
-use crate::state::{put_module, put_optim, take_module, take_optim};
+use crate::state::{model_optim_from, model_optim_state};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::AutodiffModule;
@@ -323,17 +323,18 @@ where
     }
 
     fn state(&self) -> metalearn_core::Result<LearnerState> {
-        let s = LearnerState::new(self.learner_name(), self.iterations);
-        let s = put_module::<B, M>(s, "model", &self.model)?;
-        put_optim::<B, M>(s, "optim", &self.optim)
+        model_optim_state::<B, M>(
+            self.learner_name(),
+            self.iterations,
+            &self.model,
+            &self.optim,
+        )
     }
 
     fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
-        state.expect_learner(self.learner_name())?;
-        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
-        self.optim = take_optim::<B, M>(state, "optim", &self.device)?;
-        self.model = model;
-        self.iterations = state.iterations;
+        let (model, optim) =
+            model_optim_from::<B, M>(state, self.learner_name(), &self.model, &self.device)?;
+        (self.model, self.optim, self.iterations) = (model, optim, state.iterations);
         Ok(())
     }
 }
