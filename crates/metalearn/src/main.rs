@@ -9,6 +9,11 @@ use metalearn::Experiment;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: the activations of a meta-iteration are freed and
+/// reallocated every step, and glibc returns them to the kernel, paying page faults each time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "metalearn",
