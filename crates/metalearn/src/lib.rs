@@ -61,6 +61,9 @@ pub enum Error {
     /// From the core crate.
     #[error(transparent)]
     Core(#[from] metalearn_core::Error),
+    /// From the architecture search (a bad space, a journal of another search).
+    #[error(transparent)]
+    Search(#[from] metalearn_search::Error),
     /// From evaluation.
     #[error(transparent)]
     Eval(#[from] metalearn_eval::Error),

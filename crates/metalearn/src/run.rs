@@ -12,10 +12,9 @@ use metalearn_core::{
     with_backend, AnyLearner, DynLearner, SeedStream, TaskDistribution, TaskKind,
 };
 use metalearn_eval::StepsCurve;
-use metalearn_tasks::image::{decode, resize_area};
 use metalearn_tasks::{
-    load_image_folder, ImageFolderConfig, NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses,
-    OmniglotConfig, Sinusoid,
+    image_files, load_image, load_image_folder, ImageFolderConfig, NWayKShot, NWayKShotConfig,
+    Omniglot, OmniglotClasses, OmniglotConfig, Sinusoid,
 };
 use metalearn_train::{
     evaluate, load_best, write_report, Progress, RunDir, TrainSummary, Trainer, Validation,
@@ -102,41 +101,29 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
 pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
     let device = B::Device::default();
     let seed = SeedStream::new(exp.seed).named("model").seed();
+    // The same four learners over either model (rank-4 images or rank-2 features).
+    macro_rules! boxed {
+        ($d:literal, $model:expr) => {{
+            let model = $model;
+            match &exp.learner {
+                LearnerSpec::Maml(l) => {
+                    DynLearner::<_, $d>::boxed(Maml::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::MetaSgd(l) => {
+                    DynLearner::<_, $d>::boxed(MetaSgd::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::Reptile(l) => {
+                    DynLearner::<_, $d>::boxed(Reptile::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::ProtoNet(l) => {
+                    DynLearner::<_, $d>::boxed(ProtoNet::new(l.clone(), model, device)?)
+                }
+            }
+        }};
+    }
     Ok(match &exp.model {
-        ModelSpec::Conv4(c) => {
-            let model = c.init::<Autodiff<B>>(seed, &device)?;
-            match &exp.learner {
-                LearnerSpec::Maml(l) => {
-                    DynLearner::<_, 4>::boxed(Maml::new(l.clone(), model, device)?)
-                }
-                LearnerSpec::MetaSgd(l) => {
-                    DynLearner::<_, 4>::boxed(MetaSgd::new(l.clone(), model, device)?)
-                }
-                LearnerSpec::Reptile(l) => {
-                    DynLearner::<_, 4>::boxed(Reptile::new(l.clone(), model, device)?)
-                }
-                LearnerSpec::ProtoNet(l) => {
-                    DynLearner::<_, 4>::boxed(ProtoNet::new(l.clone(), model, device)?)
-                }
-            }
-        }
-        ModelSpec::Mlp(c) => {
-            let model = c.init::<Autodiff<B>>(seed, &device)?;
-            match &exp.learner {
-                LearnerSpec::Maml(l) => {
-                    DynLearner::<_, 2>::boxed(Maml::new(l.clone(), model, device)?)
-                }
-                LearnerSpec::MetaSgd(l) => {
-                    DynLearner::<_, 2>::boxed(MetaSgd::new(l.clone(), model, device)?)
-                }
-                LearnerSpec::Reptile(l) => {
-                    DynLearner::<_, 2>::boxed(Reptile::new(l.clone(), model, device)?)
-                }
-                LearnerSpec::ProtoNet(l) => {
-                    DynLearner::<_, 2>::boxed(ProtoNet::new(l.clone(), model, device)?)
-                }
-            }
-        }
+        ModelSpec::Conv4(c) => boxed!(4, c.init::<Autodiff<B>>(seed, &device)?),
+        ModelSpec::Mlp(c) => boxed!(2, c.init::<Autodiff<B>>(seed, &device)?),
     })
 }
 
@@ -289,34 +276,9 @@ fn image_config(exp: &Experiment) -> Result<ImageFolderConfig> {
     }
 }
 
-fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let io = |e| {
-        metalearn_tasks::Error::from(metalearn_core::Error::Io {
-            path: dir.display().to_string(),
-            source: e,
-        })
-    };
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        let is_image = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .is_some_and(|e| matches!(e.as_str(), "png" | "jpg" | "jpeg"));
-        if path.is_dir() {
-            image_files(&path, out)?;
-        } else if is_image {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// Every PNG/JPEG under `dir` (any depth), preprocessed as `config` says, with its path.
 fn load_images(dir: &Path, config: ImageFolderConfig) -> Result<Vec<(PathBuf, Vec<f32>)>> {
-    let mut files = Vec::new();
-    image_files(dir, &mut files)?;
-    files.sort();
+    let files = image_files(dir)?;
     if files.is_empty() {
         return Err(Error::Usage(format!(
             "{}: no PNG or JPEG images",
@@ -325,30 +287,7 @@ fn load_images(dir: &Path, config: ImageFolderConfig) -> Result<Vec<(PathBuf, Ve
     }
     files
         .into_iter()
-        .map(|f| {
-            let bytes = std::fs::read(&f).map_err(|e| metalearn_core::Error::Io {
-                path: f.display().to_string(),
-                source: e,
-            })?;
-            let img = decode(&bytes).map_err(|reason| {
-                Error::Usage(format!("{}: cannot decode image: {reason}", f.display()))
-            })?;
-            let planes = if config.grayscale {
-                vec![img.to_gray()]
-            } else {
-                (0..3).map(|c| img.channel(c)).collect()
-            };
-            let mut v = Vec::new();
-            for p in planes {
-                let r = resize_area(&p, config.size, config.size);
-                v.extend(
-                    r.pixels
-                        .iter()
-                        .map(|&x| if config.invert { 1.0 - x } else { x }),
-                );
-            }
-            Ok((f, v))
-        })
+        .map(|f| Ok((f.clone(), load_image(&f, config)?)))
         .collect()
 }
 
@@ -368,16 +307,18 @@ pub fn adapt(
     let config = image_config(&exp)?;
     let folder = load_image_folder(support, config)?;
     let ways = folder.names.len();
-    if let (ModelSpec::Conv4(c), false) =
-        (&exp.model, matches!(exp.learner, LearnerSpec::ProtoNet(_)))
-    {
-        if c.ways != ways {
-            return Err(Error::Usage(format!(
-                "the model was trained for {}-way tasks; {} holds {ways} class folders",
-                c.ways,
-                support.display()
-            )));
+    // A classifier's head has a fixed number of classes; ProtoNet's prototypes do not.
+    let head_ways = match (&exp.model, &exp.learner) {
+        (ModelSpec::Conv4(c), learner) if !matches!(learner, LearnerSpec::ProtoNet(_)) => {
+            Some(c.ways)
         }
+        _ => None,
+    };
+    if let Some(trained) = head_ways.filter(|&w| w != ways) {
+        return Err(Error::Usage(format!(
+            "the model was trained for {trained}-way tasks; {} holds {ways} class folders",
+            support.display()
+        )));
     }
     let support_batch = folder.classes.labelled_batch()?;
     let images = load_images(query, config)?;

@@ -31,7 +31,7 @@
 
 use crate::experiment::{claim, parse_backend, parse_seed, ConfigError, Ctx, OmniglotSplit};
 use crate::run::omniglot_classes;
-use crate::{Error, Result};
+use crate::Result;
 use burn::tensor::backend::Backend;
 use metalearn_core::backend::BackendKind;
 use metalearn_core::with_backend;
@@ -266,19 +266,15 @@ impl SearchFile {
             .seed();
         Ok(match &self.strategy {
             StrategySpec::Random => Box::new(RandomSearch::new(self.space.clone(), seed)),
-            StrategySpec::Reinforce(c) => {
-                Box::new(Reinforce::new(self.space.clone(), *c, seed).map_err(search_err)?)
-            }
-            StrategySpec::Evolution { population, sample } => Box::new(
-                RegularizedEvolution::new(self.space.clone(), *population, *sample, seed)
-                    .map_err(search_err)?,
-            ),
+            StrategySpec::Reinforce(c) => Box::new(Reinforce::new(self.space.clone(), *c, seed)?),
+            StrategySpec::Evolution { population, sample } => Box::new(RegularizedEvolution::new(
+                self.space.clone(),
+                *population,
+                *sample,
+                seed,
+            )?),
         })
     }
-}
-
-fn search_err(e: metalearn_search::Error) -> Error {
-    Error::Usage(e.to_string())
 }
 
 /// Run (or resume) the search of `file` in `dir`: candidates meta-train on the split's training
@@ -291,7 +287,7 @@ pub fn search(file: &SearchFile, dir: &Path) -> Result<SearchResult> {
 
 fn search_on<B: Backend>(file: &SearchFile, dir: &Path) -> Result<SearchResult> {
     let [train, val, _] = omniglot_classes(file.split, true, file.objective.input_size)?;
-    let objective = MetaObjective::<B, _>::new(train, val, file.objective).map_err(search_err)?;
+    let objective = MetaObjective::<B, _>::new(train, val, file.objective)?;
     let mut strategy = file.strategy()?;
     let result = run_search(
         &file.space,
@@ -299,8 +295,7 @@ fn search_on<B: Backend>(file: &SearchFile, dir: &Path) -> Result<SearchResult> 
         &objective,
         file.search,
         Some(&dir.join("journal.jsonl")),
-    )
-    .map_err(search_err)?;
+    )?;
     let summary = serde_json::json!({
         "best": result.best(),
         "best_so_far": result.best_so_far(),

@@ -52,8 +52,43 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-/// Every PNG/JPEG file under `dir`, at any depth (as torchvision's `ImageFolder` does: a class
-/// folder may sort its images into subfolders).
+/// Every PNG/JPEG file under `dir`, at any depth, sorted (as torchvision's `ImageFolder` does:
+/// a class folder may sort its images into subfolders).
+pub fn image_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    collect_images(dir, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+/// One image file decoded and preprocessed as `config` says: `[channels, size, size]` values in
+/// `[0, 1]`. An unreadable or undecodable file is a typed error naming it.
+pub fn load_image(path: &Path, config: ImageFolderConfig) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let img = decode(&bytes).map_err(|reason| Error::BadImage {
+        path: path.parent().unwrap_or(path).to_path_buf(),
+        entry: path
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into()),
+        reason,
+    })?;
+    let planes = if config.grayscale {
+        vec![img.to_gray()]
+    } else {
+        (0..3).map(|c| img.channel(c)).collect()
+    };
+    let mut out = Vec::with_capacity(planes.len() * config.size * config.size);
+    for p in planes {
+        let r = resize_area(&p, config.size, config.size);
+        out.extend(
+            r.pixels
+                .iter()
+                .map(|&v| if config.invert { 1.0 - v } else { v }),
+        );
+    }
+    Ok(out)
+}
+
 fn collect_images(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
@@ -88,9 +123,7 @@ pub fn load_image_folder(root: &Path, config: ImageFolderConfig) -> Result<Image
     let channels = if config.grayscale { 1 } else { 3 };
     let (mut blocks, mut names) = (Vec::new(), Vec::new());
     for dir in dirs {
-        let mut files = Vec::new();
-        collect_images(&dir, &mut files)?;
-        files.sort();
+        let files = image_files(&dir)?;
         if files.is_empty() {
             return Err(Error::WrongCounts {
                 path: dir,
@@ -99,25 +132,7 @@ pub fn load_image_folder(root: &Path, config: ImageFolderConfig) -> Result<Image
         }
         let mut block = Vec::with_capacity(files.len() * channels * config.size * config.size);
         for f in &files {
-            let bytes = std::fs::read(f).map_err(io(f))?;
-            let img = decode(&bytes).map_err(|reason| Error::BadImage {
-                path: dir.clone(),
-                entry: f.strip_prefix(&dir).unwrap_or(f).display().to_string(),
-                reason,
-            })?;
-            let planes = if config.grayscale {
-                vec![img.to_gray()]
-            } else {
-                (0..3).map(|c| img.channel(c)).collect()
-            };
-            for p in planes {
-                let r = resize_area(&p, config.size, config.size);
-                block.extend(
-                    r.pixels
-                        .iter()
-                        .map(|&v| if config.invert { 1.0 - v } else { v }),
-                );
-            }
+            block.extend(load_image(f, config)?);
         }
         names.push(
             dir.file_name()

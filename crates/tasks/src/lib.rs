@@ -35,6 +35,6 @@ mod sinusoid;
 pub use classes::{ClassBatches, ClassDataset, InMemoryClasses, NWayKShot, NWayKShotConfig};
 pub use dynamics::{Dynamics, DynamicsConfig, Family};
 pub use error::{Error, Result};
-pub use folder::{load_image_folder, ImageFolder, ImageFolderConfig};
+pub use folder::{image_files, load_image, load_image_folder, ImageFolder, ImageFolderConfig};
 pub use omniglot::{Omniglot, OmniglotClasses, OmniglotConfig};
 pub use sinusoid::{Sinusoid, SinusoidConfig, SinusoidTask};
