@@ -477,11 +477,8 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         conv4_layers,
         omniglot_generalisation,
     };
-    crate::write_results(dir, &results)?;
     plots(&results, dir)?;
-    let md = report(&results);
-    std::fs::write(dir.join("report.md"), &md)?;
-    Ok(md)
+    crate::finish(dir, &results, report(&results))
 }
 
 /// MAML's Conv4 on Omniglot, trained on Lake et al.'s background alphabets minus a tenth of their

@@ -34,13 +34,20 @@ pub(crate) fn progress_bar(n: usize, name: &str, hidden: bool) -> indicatif::Pro
     pb
 }
 
-/// Write a suite's `results.json`.
-pub(crate) fn write_results<T: serde::Serialize>(dir: &std::path::Path, results: &T) -> Result<()> {
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(results)?,
+/// A suite's last step: write `results.json` and `report.md` (each atomically: an interrupted
+/// run never leaves half a report) and return the report.
+pub(crate) fn finish<T: serde::Serialize>(
+    dir: &std::path::Path,
+    results: &T,
+    report: String,
+) -> Result<String> {
+    use metalearn_train::files::write_atomic;
+    write_atomic(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(results)?.as_bytes(),
     )?;
-    Ok(())
+    write_atomic(&dir.join("report.md"), report.as_bytes())?;
+    Ok(report)
 }
 
 /// metalearn benchmark suites.
@@ -87,6 +94,10 @@ pub struct Args {
     /// Speed suite: one thread count instead of 1 and 2.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Omniglot suite: continue the training runs of an interrupted suite (its `runs/`
+    /// directory: checkpoints and metrics of each learner) instead of starting them afresh.
+    #[arg(long)]
+    pub resume: bool,
     /// Download the official Omniglot zips (sha256-checked, needs curl and internet) into the
     /// data folder (`METALEARN_DATA`, else the user cache dir) when they are missing.
     #[arg(long)]

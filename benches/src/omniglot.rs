@@ -11,14 +11,17 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use metalearn_core::learner::MetaLearner;
 use metalearn_core::stats::median;
-use metalearn_core::{SeedStream, TaskDistribution};
-use metalearn_eval::fewshot::{markdown_table, published, Setting, SettingResult, QUERY_PER_CLASS};
-use metalearn_eval::meta_test_final;
+use metalearn_core::{Checkpoint, DynLearner, SeedStream, TaskDistribution};
+use metalearn_eval::fewshot::{
+    markdown_table, published, test_settings, Setting, SettingResult, QUERY_PER_CLASS,
+};
 use metalearn_eval::plot::{line_plot, Series};
 use metalearn_tasks::{
     ClassBatches, ClassDataset, NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses,
-    OmniglotConfig,
+    OmniglotConfig, OmniglotSplit,
 };
+use metalearn_train::metrics::{self, Record};
+use metalearn_train::{load_best, Progress, RunDir, Trainer, TrainerConfig};
 use metalearn_update::{
     FineTune, FineTuneConfig, Maml, MamlConfig, MetaSgd, ProtoNet, ProtoNetConfig, Reptile,
     ReptileConfig,
@@ -26,7 +29,7 @@ use metalearn_update::{
 use metalearn_zoo::{Conv4, Conv4Config};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,6 +122,8 @@ struct LearnerReport {
     name: String,
     trained_on: String,
     iterations: usize,
+    /// The iteration of the model tested (the best by validation accuracy).
+    best_iteration: Option<usize>,
     train_seconds: f64,
     median_ms_per_iteration: f64,
     learning_curve: Vec<(usize, f64)>,
@@ -149,12 +154,8 @@ pub(crate) fn load() -> Result<Data> {
         Omniglot::load(None, &OmniglotConfig::default())
             .context("loading Omniglot (set METALEARN_DATA to a folder holding omniglot/)")?,
     );
-    let (train, val, test) = o.vinyals_split();
-    Ok(Data {
-        train: Arc::new(o.classes(train, true)),
-        val: Arc::new(o.classes(val, true)),
-        test: Arc::new(o.classes(test, true)),
-    })
+    let [train, val, test] = o.split(OmniglotSplit::Vinyals, true);
+    Ok(Data { train, val, test })
 }
 
 /// Whether `e` says that the Omniglot zips are not there.
@@ -172,29 +173,12 @@ fn episodes(
     ways: usize,
     shots: usize,
     query: usize,
-) -> Result<NWayKShot<OmniglotClasses>> {
-    Ok(NWayKShot::new(
-        classes.clone(),
-        NWayKShotConfig::new(ways, shots, query),
-    )?)
+) -> metalearn_core::Result<NWayKShot<OmniglotClasses>> {
+    NWayKShot::new(classes.clone(), NWayKShotConfig::new(ways, shots, query))
 }
 
 fn conv4<B: Backend>(ways: usize, seed: u64) -> Result<Conv4<Autodiff<B>>> {
     Ok(Conv4Config::new(ways).init::<Autodiff<B>>(seed, &Default::default())?)
-}
-
-/// Mean accuracy on `n` validation episodes.
-fn validate<L: MetaLearner<4> + Sync>(
-    learner: &L,
-    val: &dyn TaskDistribution,
-    n: usize,
-    steps: usize,
-) -> Result<f64> {
-    let c = meta_test_final(learner, val, n, steps, SeedStream::new(4242))?;
-    Ok(c.points
-        .last()
-        .and_then(|p| p.accuracy.map(|a| a.mean))
-        .unwrap_or(f64::NAN))
 }
 
 struct Run<'a> {
@@ -202,16 +186,20 @@ struct Run<'a> {
     budget: Budget,
     data: &'a Data,
     root: SeedStream,
+    /// Where each learner's run directory goes (`runs/<learner>-<ways>way`).
+    runs: PathBuf,
 }
 
 impl Run<'_> {
-    /// Train `learner` on `train`, recording validation accuracy, then evaluate `settings`.
+    /// Meta-train `learner` on `train` with the trainer (validation on `val_ways`-way 1-shot
+    /// episodes of the validation characters, checkpoints, the best model kept by validation
+    /// accuracy as the papers select models), then test the best model on `settings`.
     #[allow(clippy::too_many_arguments)]
-    fn train_and_test<L: MetaLearner<4> + Sync>(
+    fn train_and_test<L: MetaLearner<4> + Checkpoint + Send + Sync>(
         &self,
         name: &str,
         trained_on: String,
-        mut learner: L,
+        learner: L,
         train: &dyn TaskDistribution,
         iterations: usize,
         val_ways: usize,
@@ -220,32 +208,41 @@ impl Run<'_> {
     ) -> Result<(LearnerReport, L)> {
         let val = episodes(&self.data.val, val_ways, 1, 5)?;
         let every = (iterations / self.budget.curve_points.max(1)).max(1);
-        let pb = crate::progress_bar(iterations, name, self.args.no_progress);
-        let mut curve = vec![(
-            0,
-            validate(&learner, &val, self.budget.val_episodes, test_steps)?,
-        )];
-        let mut times = Vec::with_capacity(iterations);
-        let mut done = 0;
-        while done < iterations {
-            let chunk = every.min(iterations - done);
-            let seed = self.root.named(name).child(done as u64);
-            let mut last = Instant::now();
-            learner.meta_train(train, chunk, seed, &mut |s| {
-                times.push(last.elapsed().as_secs_f64() * 1e3);
-                last = Instant::now();
-                pb.set_message(format!("loss {:.3}", s.meta_loss));
-                pb.inc(1);
-                true
-            })?;
-            done += chunk;
-            curve.push((
-                done,
-                validate(&learner, &val, self.budget.val_episodes, test_steps)?,
-            ));
-        }
-        pb.finish_and_clear();
-        let train_seconds = times.iter().sum::<f64>() / 1e3;
+        let slug: String = format!("{name}-{trained_on}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let run = RunDir::new(self.runs.join(slug));
+        let config = TrainerConfig::new(iterations)
+            .with_seed(self.args.seed)
+            .with_validate_every(every)
+            .with_checkpoint_every(every)
+            .with_val_episodes(self.budget.val_episodes)
+            .with_val_steps(test_steps);
+        let progress = if self.args.no_progress {
+            Progress::Quiet
+        } else {
+            Progress::Auto
+        };
+        let mut learner = DynLearner::<L, 4>(learner);
+        let summary = Trainer::new(config, run.clone())?
+            .with_progress(progress)
+            .fit(&mut learner, train, &val)?;
+        let best = load_best(&run, &mut learner)?;
+        let learner = learner.0;
+        let times: Vec<f64> = metrics::read(&run.metrics())?
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Step { ms, .. } => Some(ms),
+                Record::Validation { .. } => None,
+            })
+            .collect();
         let results = self.test(
             name,
             &trained_on,
@@ -257,10 +254,16 @@ impl Run<'_> {
         let report = LearnerReport {
             name: name.to_string(),
             trained_on,
-            iterations,
-            train_seconds,
+            iterations: summary.iterations,
+            best_iteration: Some(best.iteration),
+            train_seconds: times.iter().sum::<f64>() / 1e3,
             median_ms_per_iteration: median(&times).unwrap_or(f64::NAN),
-            learning_curve: curve,
+            learning_curve: summary
+                .state
+                .validations
+                .iter()
+                .map(|v| (v.iteration, v.mean))
+                .collect(),
             results,
         };
         Ok((report, learner))
@@ -276,35 +279,29 @@ impl Run<'_> {
         settings: &[Setting],
         episodes_per_setting: usize,
     ) -> Result<Vec<SettingResult>> {
-        let mut results = Vec::new();
-        for &setting in settings {
-            let test = episodes(
+        let tasks = |s: Setting| -> metalearn_core::Result<Box<dyn TaskDistribution>> {
+            Ok(Box::new(episodes(
                 &self.data.test,
-                setting.ways,
-                setting.shots,
+                s.ways,
+                s.shots,
                 QUERY_PER_CLASS,
-            )?;
-            let curve = meta_test_final(
-                learner,
-                &test,
-                episodes_per_setting,
-                test_steps,
-                self.root
-                    .named("test")
-                    .child(setting.ways as u64 * 100 + setting.shots as u64),
-            )?;
-            let r = SettingResult {
-                setting,
-                test_steps,
-                curve,
-            };
+            )?))
+        };
+        let results = test_settings(
+            learner,
+            &tasks,
+            settings,
+            episodes_per_setting,
+            test_steps,
+            self.root.named("test"),
+        )?;
+        for r in &results {
             if let Some((m, c)) = r.accuracy_pct() {
                 eprintln!(
                     "{name:>10} [{trained_on}] {}: {m:.1} ± {c:.1}%",
-                    setting.label()
+                    r.setting.label()
                 );
             }
-            results.push(r);
         }
         Ok(results)
     }
@@ -315,11 +312,16 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     let budget = Budget::pick(args);
     let data = load()?;
     let root = SeedStream::new(args.seed).named("omniglot");
+    let runs = dir.join("runs");
+    if !args.resume && runs.exists() {
+        std::fs::remove_dir_all(&runs).with_context(|| format!("clearing {}", runs.display()))?;
+    }
     let run = Run {
         args,
         budget,
         data: &data,
         root,
+        runs,
     };
     let device = B::Device::default();
     let five: Vec<Setting> = Setting::OMNIGLOT
@@ -502,7 +504,6 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         learners,
         speed,
     };
-    crate::write_results(dir, &results)?;
     let curves: Vec<Series> = results
         .learners
         .iter()
@@ -525,9 +526,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         &curves,
         false,
     )?;
-    let md = report(&results);
-    std::fs::write(dir.join("report.md"), &md)?;
-    Ok(md)
+    crate::finish(dir, &results, report(&results))
 }
 
 /// Median ms per meta-iteration: Conv4 5-way 1-shot (15 queries) at meta-batch 32 for MAML and
@@ -627,8 +626,15 @@ fn report(r: &Results) -> String {
          `--full` runs the papers' budgets (see the expected times below).\n"
     );
     let _ = writeln!(md, "## Training\n");
-    let _ = writeln!(md, "| learner | trained on | iterations | time | median ms / iteration | expected time at the paper's budget |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "Each learner trains with `metalearn_train::Trainer` in `runs/<learner>-<episodes>/` \
+         (metrics.jsonl, checkpoints, best model; `--resume` continues an interrupted suite); \
+         the model tested is the one with the best validation accuracy, as the papers select \
+         theirs.\n"
+    );
+    let _ = writeln!(md, "| learner | trained on | iterations | tested model (best validation) | time | median ms / iteration | expected time at the paper's budget |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for l in r.learners.iter().filter(|l| !l.learning_curve.is_empty()) {
         let paper_iters = match l.name.as_str() {
             "Reptile" => 100_000.0,
@@ -637,10 +643,12 @@ fn report(r: &Results) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} s | {:.0} | {:.1} h |",
+            "| {} | {} | {} | {} | {:.0} s | {:.0} | {:.1} h |",
             l.name,
             l.trained_on,
             l.iterations,
+            l.best_iteration
+                .map_or("—".to_string(), |i| format!("iteration {i}")),
             l.train_seconds,
             l.median_ms_per_iteration,
             paper_iters * l.median_ms_per_iteration / 3.6e6

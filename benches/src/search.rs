@@ -303,10 +303,11 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         synthetic,
         meta,
     };
-    crate::write_results(dir, &results)?;
-    let md = report(&results, cspace.enumerate(1 << 20)?.len());
-    std::fs::write(dir.join("report.md"), &md)?;
-    Ok(md)
+    crate::finish(
+        dir,
+        &results,
+        report(&results, cspace.enumerate(1 << 20)?.len()),
+    )
 }
 
 fn report(r: &Results, meta_space: usize) -> String {

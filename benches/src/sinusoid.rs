@@ -169,11 +169,8 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         learners,
         pretrain_steps_curve_k5: pretrain,
     };
-    crate::write_results(dir, &results)?;
     plots(&results, dir)?;
-    let md = report(&results);
-    std::fs::write(dir.join("report.md"), &md)?;
-    Ok(md)
+    crate::finish(dir, &results, report(&results))
 }
 
 fn series(label: &str, c: &StepsCurve) -> Series {

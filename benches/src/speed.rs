@@ -588,10 +588,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         gemm_gflops: gemm,
         timings,
     };
-    crate::write_results(dir, &results)?;
-    let report = report(&results, args.peers.is_some());
-    std::fs::write(dir.join("report.md"), &report)?;
-    Ok(report)
+    crate::finish(dir, &results, report(&results, args.peers.is_some()))
 }
 
 /// The PyTorch variant each workload is compared with (the reference points).

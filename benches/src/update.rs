@@ -496,11 +496,8 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         transfer,
         iterated_averaging,
     };
-    crate::write_results(dir, &results)?;
     plot_transfer(&results, dir)?;
-    let md = report(&results);
-    std::fs::write(dir.join("report.md"), &md)?;
-    Ok(md)
+    crate::finish(dir, &results, report(&results))
 }
 
 fn sinusoid<B: Backend>(

@@ -5,7 +5,7 @@
 //! backend = "flex"            # flex | ndarray | wgpu (`--backend` overrides it)
 //!
 //! [task]
-//! source = "omniglot"         # omniglot | sinusoid
+//! source = "omniglot"         # omniglot | folder | sinusoid | dynamics
 //! split = "vinyals"           # omniglot: vinyals (train/val/test characters) | lake
 //! ways = 5
 //! shots = 1
@@ -26,19 +26,49 @@
 //! steps = 3
 //! ```
 //!
+//! The other task sources:
+//!
+//! ```toml
+//! [task]                      # your own images: one sub-folder per class (PNG or JPEG)
+//! source = "folder"
+//! path = "data/my-images"     # relative to the experiment file's folder
+//! split = "random"            # random: class folders directly under `path`, split by
+//!                             #   val_fraction / test_fraction (shuffled by split_seed);
+//!                             # folders: path/train, path/val, path/test hold class folders
+//! val_fraction = 0.15
+//! test_fraction = 0.25
+//! split_seed = 0
+//! image_size = 84             # area-resized to image_size × image_size
+//! grayscale = false           # true: one luminance channel (conv4 in_channels = 1)
+//! invert = false              # true: 1 − value (dark ink on light paper → ink = 1)
+//! ways = 5
+//! shots = 1
+//! queries = 15
+//!
+//! [task]                      # vector fields of a dynamical-system family (MLP, 2 → 2)
+//! source = "dynamics"
+//! family = "pendulum"         # oscillator | pendulum | lotka_volterra
+//! support = 10                # observed consecutive states per task
+//! query = 10                  # states where the true derivative is scored
+//! dt = 0.1
+//! noise = 0.0                 # observation noise std on the support set
+//! ranges = [[0.5, 2.0], [0.0, 0.5], [-1.0, 1.0]]   # parameter ranges (family default)
+//! ```
+//!
 //! Every key that is left out takes its default; [`Experiment::resolved_toml`] is the file with
 //! every default filled in (written to the run directory as `experiment.toml`). Every error names
 //! the file, the key and the reason — an unknown key, a wrong type, a value out of range —
 //! before any work starts.
 
 use metalearn_core::backend::BackendKind;
-use metalearn_tasks::{NWayKShotConfig, SinusoidConfig};
+pub use metalearn_tasks::OmniglotSplit;
+use metalearn_tasks::{DynamicsConfig, Family, ImageFolderConfig, NWayKShotConfig, SinusoidConfig};
 use metalearn_train::TrainerConfig;
 use metalearn_update::{MamlConfig, ProtoNetConfig, ReptileConfig};
 use metalearn_zoo::{Conv4Config, MlpConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 /// An error in an experiment file, or a refused run directory.
@@ -86,17 +116,16 @@ pub enum ConfigError {
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
-/// How Omniglot's characters are split into meta-train / meta-validation / meta-test.
+/// How an image folder's classes are split into meta-train / meta-validation / meta-test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OmniglotSplit {
-    /// Vinyals et al. (2016): 1,200 characters for training (the last 100 of them for
-    /// validation, as in learn2learn), the remaining 423 for testing; rotations add classes.
-    Vinyals,
-    /// Lake et al. (2015): background alphabets for training, evaluation alphabets for testing
-    /// (validation on the test alphabets' characters is then not held out: use for
-    /// comparison with papers that use this split).
-    Lake,
+pub enum FolderSplit {
+    /// The class folders directly under the path, shuffled by `split_seed` and split by
+    /// `val_fraction` and `test_fraction` (the rest trains).
+    Random,
+    /// `path/train`, `path/val` and `path/test`, each holding class folders (the layout of
+    /// Ravi & Larochelle's mini-ImageNet split and most few-shot benchmark exports).
+    Folders,
 }
 
 /// Where the tasks come from.
@@ -113,8 +142,43 @@ pub enum TaskSpec {
         /// Training episodes' shape.
         episode: NWayKShotConfig,
     },
+    /// N-way K-shot classification of the user's images (one folder per class).
+    Folder {
+        /// The folder (absolute once parsed).
+        path: PathBuf,
+        /// How the classes are split.
+        split: FolderSplit,
+        /// Share of the classes held out for validation (`split = "random"`).
+        val_fraction: f64,
+        /// Share of the classes held out for testing (`split = "random"`).
+        test_fraction: f64,
+        /// Seed of the random class split.
+        split_seed: u64,
+        /// Image preprocessing.
+        image: ImageFolderConfig,
+        /// Training episodes' shape.
+        episode: NWayKShotConfig,
+    },
     /// Sinusoid regression (Finn et al. 2017).
     Sinusoid(SinusoidConfig),
+    /// Vector-field regression on a dynamical-system family (state → derivative).
+    Dynamics(DynamicsConfig),
+}
+
+impl TaskSpec {
+    /// Whether the tasks are classification (images) rather than regression.
+    pub fn is_classification(&self) -> bool {
+        matches!(self, Self::Omniglot { .. } | Self::Folder { .. })
+    }
+
+    /// (input features, outputs) of a regression task's examples.
+    fn regression_dims(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::Sinusoid(_) => Some((1, 1)),
+            Self::Dynamics(_) => Some((2, 2)),
+            Self::Omniglot { .. } | Self::Folder { .. } => None,
+        }
+    }
 }
 
 /// The model.
@@ -351,7 +415,7 @@ impl Experiment {
 
         let (task, task_table, ways) = parse_task(&cx, cx.section(&root, "task", true)?)?;
         resolved.insert("task".into(), Value::Table(task_table));
-        let classification = matches!(task, TaskSpec::Omniglot { .. });
+        let classification = task.is_classification();
 
         let (model, model_table) =
             parse_model(&cx, cx.section(&root, "model", false)?, &task, ways)?;
@@ -381,7 +445,7 @@ impl Experiment {
         resolved.insert("budget".into(), Value::Table(budget_table));
 
         let eval_base = match &task {
-            TaskSpec::Omniglot { episode, .. } => EvalSpec {
+            TaskSpec::Omniglot { episode, .. } | TaskSpec::Folder { episode, .. } => EvalSpec {
                 episodes: 600,
                 steps: 1,
                 ways: episode.ways,
@@ -394,6 +458,13 @@ impl Experiment {
                 ways: 1,
                 shots: s.k_shot,
                 queries: s.query,
+            },
+            TaskSpec::Dynamics(d) => EvalSpec {
+                episodes: 600,
+                steps: 10,
+                ways: 1,
+                shots: d.support,
+                queries: d.query,
             },
         };
         let (eval, eval_table) =
@@ -446,7 +517,24 @@ impl Experiment {
             TaskSpec::Omniglot { episode, .. } => {
                 format!("Omniglot {}-way {}-shot", episode.ways, episode.shots)
             }
+            TaskSpec::Folder { path, episode, .. } => format!(
+                "{} {}-way {}-shot",
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into()
+                ),
+                episode.ways,
+                episode.shots
+            ),
             TaskSpec::Sinusoid(s) => format!("sinusoid {}-shot", s.k_shot),
+            TaskSpec::Dynamics(d) => format!(
+                "{} dynamics {}-shot",
+                toml::Value::try_from(d.family)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                d.support
+            ),
         };
         format!("{}, {task}", self.learner_kind)
     }
@@ -566,9 +654,12 @@ fn usize_key(
 fn parse_task(cx: &Ctx<'_>, t: Option<&Table>) -> Result<(TaskSpec, Table, usize)> {
     let empty = Table::new();
     let t = t.unwrap_or(&empty);
-    let source = cx
-        .string(t, "task", "source")?
-        .ok_or_else(|| cx.key("task.source", "missing (omniglot or sinusoid)"))?;
+    let source = cx.string(t, "task", "source")?.ok_or_else(|| {
+        cx.key(
+            "task.source",
+            "missing (omniglot, folder, sinusoid or dynamics)",
+        )
+    })?;
     match source {
         "omniglot" => {
             #[derive(Serialize, Deserialize)]
@@ -589,13 +680,7 @@ fn parse_task(cx: &Ctx<'_>, t: Option<&Table>) -> Result<(TaskSpec, Table, usize
                 queries: usize_key(cx, t, "task", "queries", Some(15))?,
             };
             let (o, mut table): (Omni, _) = cx.overlay("task", &base, Some(t), &["source"])?;
-            let episode = NWayKShotConfig::new(o.ways, o.shots, o.queries);
-            for (k, v) in [("ways", o.ways), ("shots", o.shots), ("queries", o.queries)] {
-                if v == 0 {
-                    return Err(cx.key(format!("task.{k}"), "must be at least 1"));
-                }
-            }
-            cx.checked("task", episode.validate())?;
+            let episode = episode_shape(cx, o.ways, o.shots, o.queries)?;
             if o.image_size == 0 {
                 return Err(cx.key("task.image_size", "must be at least 1"));
             }
@@ -611,6 +696,31 @@ fn parse_task(cx: &Ctx<'_>, t: Option<&Table>) -> Result<(TaskSpec, Table, usize
                 o.ways,
             ))
         }
+        "folder" => parse_folder(cx, t),
+        "dynamics" => {
+            let family = match t.get("family") {
+                None => {
+                    return Err(cx.key(
+                        "task.family",
+                        "missing (oscillator, pendulum or lotka_volterra)",
+                    ))
+                }
+                Some(v) => Family::deserialize(v.clone()).map_err(|_| {
+                    cx.key(
+                        "task.family",
+                        format!(
+                            "unknown family {v} (expected oscillator, pendulum or lotka_volterra)"
+                        ),
+                    )
+                })?,
+            };
+            let base = DynamicsConfig::new(family, 10, 10);
+            let (d, mut table): (DynamicsConfig, _) =
+                cx.overlay("task", &base, Some(t), &["source"])?;
+            cx.checked("task", d.validate())?;
+            table.insert("source".into(), Value::String(source.into()));
+            Ok((TaskSpec::Dynamics(d), table, 1))
+        }
         "sinusoid" => {
             let base = SinusoidConfig::new(10, 10);
             let (s, mut table): (SinusoidConfig, _) =
@@ -621,9 +731,127 @@ fn parse_task(cx: &Ctx<'_>, t: Option<&Table>) -> Result<(TaskSpec, Table, usize
         }
         other => Err(cx.key(
             "task.source",
-            format!("unknown task source `{other}` (expected omniglot or sinusoid)"),
+            format!(
+                "unknown task source `{other}` (expected omniglot, folder, sinusoid or dynamics)"
+            ),
         )),
     }
+}
+
+/// The training episodes' shape, checked.
+fn episode_shape(
+    cx: &Ctx<'_>,
+    ways: usize,
+    shots: usize,
+    queries: usize,
+) -> Result<NWayKShotConfig> {
+    for (k, v) in [("ways", ways), ("shots", shots), ("queries", queries)] {
+        if v == 0 {
+            return Err(cx.key(format!("task.{k}"), "must be at least 1"));
+        }
+    }
+    let episode = NWayKShotConfig::new(ways, shots, queries);
+    cx.checked("task", episode.validate())?;
+    Ok(episode)
+}
+
+/// `[task] source = "folder"`: the path resolved against the experiment file's folder and
+/// checked to exist (with the split's sub-folders), so that a typo fails before any work.
+fn parse_folder(cx: &Ctx<'_>, t: &Table) -> Result<(TaskSpec, Table, usize)> {
+    #[derive(Serialize, Deserialize)]
+    struct Folder {
+        path: String,
+        split: FolderSplit,
+        val_fraction: f64,
+        test_fraction: f64,
+        split_seed: u64,
+        image_size: usize,
+        grayscale: bool,
+        invert: bool,
+        ways: usize,
+        shots: usize,
+        queries: usize,
+    }
+    let path = cx.string(t, "task", "path")?.ok_or_else(|| {
+        cx.key(
+            "task.path",
+            "missing (the folder holding one sub-folder of images per class)",
+        )
+    })?;
+    let base = Folder {
+        path: path.to_string(),
+        split: FolderSplit::Random,
+        val_fraction: 0.15,
+        test_fraction: 0.25,
+        split_seed: 0,
+        image_size: 84,
+        grayscale: false,
+        invert: false,
+        ways: usize_key(cx, t, "task", "ways", None)?,
+        shots: usize_key(cx, t, "task", "shots", Some(1))?,
+        queries: usize_key(cx, t, "task", "queries", Some(15))?,
+    };
+    let (f, mut table): (Folder, _) = cx.overlay("task", &base, Some(t), &["source"])?;
+    let episode = episode_shape(cx, f.ways, f.shots, f.queries)?;
+    if f.image_size == 0 {
+        return Err(cx.key("task.image_size", "must be at least 1"));
+    }
+    for (k, v) in [
+        ("val_fraction", f.val_fraction),
+        ("test_fraction", f.test_fraction),
+    ] {
+        if !(v > 0.0 && v < 1.0) {
+            return Err(cx.key(format!("task.{k}"), format!("must be in (0, 1), got {v}")));
+        }
+    }
+    if f.val_fraction + f.test_fraction >= 1.0 {
+        return Err(cx.key(
+            "task.test_fraction",
+            "val_fraction + test_fraction must leave classes to train on (sum < 1)",
+        ));
+    }
+    let mut dir = PathBuf::from(&f.path);
+    if dir.is_relative() {
+        let base = Path::new(cx.file).parent().unwrap_or(Path::new(""));
+        dir = base.join(dir);
+    }
+    let dir = std::fs::canonicalize(&dir)
+        .map_err(|e| cx.key("task.path", format!("{}: {e}", dir.display())))?;
+    let needed: &[&str] = match f.split {
+        FolderSplit::Random => &[""],
+        FolderSplit::Folders => &["train", "val", "test"],
+    };
+    for sub in needed {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            return Err(cx.key(
+                "task.path",
+                format!("{} is not a folder (split = {:?})", d.display(), f.split),
+            ));
+        }
+    }
+    let path_text = dir
+        .to_str()
+        .ok_or_else(|| cx.key("task.path", format!("{} is not valid UTF-8", dir.display())))?;
+    table.insert("path".into(), Value::String(path_text.into()));
+    table.insert("source".into(), Value::String("folder".into()));
+    Ok((
+        TaskSpec::Folder {
+            path: dir,
+            split: f.split,
+            val_fraction: f.val_fraction,
+            test_fraction: f.test_fraction,
+            split_seed: f.split_seed,
+            image: ImageFolderConfig {
+                size: f.image_size,
+                grayscale: f.grayscale,
+                invert: f.invert,
+            },
+            episode,
+        },
+        table,
+        f.ways,
+    ))
 }
 
 fn parse_model(
@@ -632,9 +860,10 @@ fn parse_model(
     task: &TaskSpec,
     ways: usize,
 ) -> Result<(ModelSpec, Table)> {
-    let default_kind = match task {
-        TaskSpec::Omniglot { .. } => "conv4",
-        TaskSpec::Sinusoid(_) => "mlp",
+    let default_kind = if task.is_classification() {
+        "conv4"
+    } else {
+        "mlp"
     };
     let kind = match t {
         Some(t) => cx.string(t, "model", "kind")?.unwrap_or(default_kind),
@@ -643,8 +872,16 @@ fn parse_model(
     let (model, mut table) = match kind {
         "conv4" => {
             let mut base = Conv4Config::new(ways);
-            if let TaskSpec::Omniglot { image_size, .. } = task {
-                base = base.with_input_size(*image_size);
+            // The images' shape, as the task delivers them.
+            let input = match task {
+                TaskSpec::Omniglot { image_size, .. } => Some((1, *image_size)),
+                TaskSpec::Folder { image, .. } => {
+                    Some((if image.grayscale { 1 } else { 3 }, image.size))
+                }
+                TaskSpec::Sinusoid(_) | TaskSpec::Dynamics(_) => None,
+            };
+            if let Some((channels, size)) = input {
+                base = base.with_in_channels(channels).with_input_size(size);
             }
             let (c, table): (Conv4Config, _) = cx.overlay("model", &base, t, &["kind"])?;
             if c.ways != ways {
@@ -653,13 +890,45 @@ fn parse_model(
                     format!("is {} but the task has {ways} ways", c.ways),
                 ));
             }
+            if let Some((channels, size)) = input {
+                if c.in_channels != channels {
+                    return Err(cx.key(
+                        "model.in_channels",
+                        format!("is {} but the task's images have {channels}", c.in_channels),
+                    ));
+                }
+                if c.input_size != size {
+                    return Err(cx.key(
+                        "model.input_size",
+                        format!(
+                            "is {} but the task's images are {size}×{size}",
+                            c.input_size
+                        ),
+                    ));
+                }
+            }
             cx.checked("model", c.validate())?;
             (ModelSpec::Conv4(c), table)
         }
         "mlp" => {
-            let base = MlpConfig::new(vec![1, 40, 40, 1]);
+            let base = match task {
+                TaskSpec::Dynamics(_) => MlpConfig::new(vec![2, 64, 64, 2]),
+                _ => MlpConfig::new(vec![1, 40, 40, 1]),
+            };
             let (c, table): (MlpConfig, _) = cx.overlay("model", &base, t, &["kind"])?;
             cx.checked("model", c.validate())?;
+            if let Some((inputs, outputs)) = task.regression_dims() {
+                let (first, last) = (c.widths[0], c.widths[c.widths.len() - 1]);
+                if (first, last) != (inputs, outputs) {
+                    return Err(cx.key(
+                        "model.widths",
+                        format!(
+                            "start with {inputs} and end with {outputs} (the task's inputs \
+                             and outputs), found {first} … {last}"
+                        ),
+                    ));
+                }
+            }
             (ModelSpec::Mlp(c), table)
         }
         other => {
@@ -669,17 +938,14 @@ fn parse_model(
             ))
         }
     };
-    match (&model, task) {
-        (ModelSpec::Conv4(_), TaskSpec::Omniglot { .. })
-        | (ModelSpec::Mlp(_), TaskSpec::Sinusoid(_)) => {}
-        _ => {
-            return Err(cx.key(
-                "model.kind",
-                format!(
-                    "`{kind}` does not take this task's inputs (Omniglot: conv4; sinusoid: mlp)"
-                ),
-            ))
-        }
+    if matches!(model, ModelSpec::Conv4(_)) != task.is_classification() {
+        return Err(cx.key(
+            "model.kind",
+            format!(
+                "`{kind}` does not take this task's inputs (images: conv4; sinusoid and \
+                 dynamics: mlp)"
+            ),
+        ));
     }
     table.insert("kind".into(), Value::String(kind.into()));
     Ok((model, table))

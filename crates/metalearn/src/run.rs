@@ -2,7 +2,8 @@
 //! and learner on a backend, train it in a run directory, evaluate the best model.
 
 use crate::experiment::{
-    claim_run_dir, load_run_dir, Experiment, LearnerSpec, ModelSpec, OmniglotSplit, TaskSpec,
+    claim_run_dir, load_run_dir, Experiment, FolderSplit, LearnerSpec, ModelSpec, OmniglotSplit,
+    TaskSpec,
 };
 use crate::{Error, Result};
 use burn::backend::Autodiff;
@@ -13,13 +14,14 @@ use metalearn_core::{
 };
 use metalearn_eval::StepsCurve;
 use metalearn_tasks::{
-    image_files, load_image, load_image_folder, ImageFolderConfig, NWayKShot, NWayKShotConfig,
-    Omniglot, OmniglotClasses, OmniglotConfig, Sinusoid,
+    image_files, load_image, load_image_folder, Dynamics, ImageFolder, ImageFolderConfig,
+    NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig, Sinusoid,
 };
 use metalearn_train::{
     evaluate, load_best, write_report, Progress, RunDir, TrainSummary, Trainer, Validation,
 };
 use metalearn_update::{Maml, MetaSgd, ProtoNet, Reptile};
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,18 +52,55 @@ pub fn omniglot_classes(
         image_size,
         ..OmniglotConfig::default()
     };
-    let o = Arc::new(Omniglot::load(None, &config)?);
-    let (train, val, test) = match split {
-        OmniglotSplit::Vinyals => o.vinyals_split(),
-        OmniglotSplit::Lake => {
-            // Background alphabets train; their last 100 characters are held out for
-            // validation (as in the Vinyals split); evaluation alphabets test.
-            let (mut background, evaluation) = o.lake_split();
-            let val = background.split_off(background.len().saturating_sub(100));
-            (background, val, evaluation)
+    Ok(Arc::new(Omniglot::load(None, &config)?).split(split, rotations))
+}
+
+/// An image folder's (train, validation, test) classes: `path/train`, `path/val`, `path/test`
+/// (`FolderSplit::Folders`), or the class folders under `path` shuffled by `split_seed` and
+/// split by the (validation, test) `fractions` of the classes (each split at least one class).
+pub fn folder_classes(
+    path: &Path,
+    split: FolderSplit,
+    fractions: (f64, f64),
+    split_seed: u64,
+    image: ImageFolderConfig,
+) -> Result<[ImageFolder; 3]> {
+    match split {
+        FolderSplit::Folders => Ok([
+            load_image_folder(&path.join("train"), image)?,
+            load_image_folder(&path.join("val"), image)?,
+            load_image_folder(&path.join("test"), image)?,
+        ]),
+        FolderSplit::Random => {
+            let all = load_image_folder(path, image)?;
+            let n = all.names.len();
+            let count = |f: f64| ((f * n as f64).round() as usize).max(1);
+            let (n_val, n_test) = (count(fractions.0), count(fractions.1));
+            if n_val + n_test >= n {
+                return Err(Error::Usage(format!(
+                    "{}: {n} class folders cannot be split into training, validation \
+                     ({n_val}) and test ({n_test}) classes",
+                    path.display()
+                )));
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut metalearn_core::seed::rng(
+                SeedStream::new(split_seed).named("class split").seed(),
+            ));
+            let (test, rest) = order.split_at(n_test);
+            let (val, train) = rest.split_at(n_val);
+            let sorted = |s: &[usize]| {
+                let mut v = s.to_vec();
+                v.sort_unstable();
+                v
+            };
+            Ok([
+                all.subset(&sorted(train))?,
+                all.subset(&sorted(val))?,
+                all.subset(&sorted(test))?,
+            ])
         }
-    };
-    Ok([train, val, test].map(|c| Arc::new(o.classes(c, rotations))))
+    }
 }
 
 /// The experiment's tasks; `test` has the shape of `eval` (ways, shots, queries).
@@ -82,6 +121,59 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
                     test,
                     NWayKShotConfig::new(e.ways, e.shots, e.queries),
                 )?),
+            }
+        }
+        TaskSpec::Folder {
+            path,
+            split,
+            val_fraction,
+            test_fraction,
+            split_seed,
+            image,
+            episode,
+        } => {
+            let [train, val, test] = folder_classes(
+                path,
+                *split,
+                (*val_fraction, *test_fraction),
+                *split_seed,
+                *image,
+            )?;
+            let test_episode = NWayKShotConfig::new(e.ways, e.shots, e.queries);
+            let mut out = Vec::new();
+            for (name, folder, shape) in [
+                ("train", train, *episode),
+                ("val", val, *episode),
+                ("test", test, test_episode),
+            ] {
+                let classes = folder.names.len();
+                if classes < shape.ways {
+                    return Err(Error::Usage(format!(
+                        "{}: the {name} split has {classes} classes, fewer than the {} ways \
+                         of its episodes",
+                        path.display(),
+                        shape.ways
+                    )));
+                }
+                let tasks: Box<dyn TaskDistribution> = Box::new(
+                    NWayKShot::new(Arc::new(folder.classes), shape).map_err(|e| {
+                        Error::Usage(format!("{}: the {name} split: {e}", path.display()))
+                    })?,
+                );
+                out.push(tasks);
+            }
+            let [train, val, test]: [Box<dyn TaskDistribution>; 3] = out
+                .try_into()
+                .map_err(|_| Error::Usage("three splits".into()))?;
+            Tasks { train, val, test }
+        }
+        TaskSpec::Dynamics(d) => {
+            let mut test = d.clone();
+            (test.support, test.query) = (e.shots, e.queries);
+            Tasks {
+                train: Box::new(Dynamics::new(d.clone())?),
+                val: Box::new(Dynamics::new(d.clone())?),
+                test: Box::new(Dynamics::new(test)?),
             }
         }
         TaskSpec::Sinusoid(s) => {
@@ -270,8 +362,9 @@ fn image_config(exp: &Experiment) -> Result<ImageFolderConfig> {
             grayscale: true,
             invert: true,
         }),
-        TaskSpec::Sinusoid(_) => Err(Error::Usage(
-            "`adapt` takes a run trained on images (this one is sinusoid regression)".into(),
+        TaskSpec::Folder { image, .. } => Ok(*image),
+        TaskSpec::Sinusoid(_) | TaskSpec::Dynamics(_) => Err(Error::Usage(
+            "`adapt` takes a run trained on images (this one is a regression task)".into(),
         )),
     }
 }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 
-use metalearn::experiment::{Experiment, OmniglotSplit};
+use metalearn::experiment::{Experiment, FolderSplit, OmniglotSplit};
 use metalearn::run::{adapt, omniglot_classes, train};
 use metalearn::tasks::ClassDataset;
 use metalearn::train::Progress;
@@ -113,5 +113,105 @@ fn adapt_classifies_new_characters_far_above_chance() {
     // A folder of the wrong kind is an error, not a panic.
     let e = adapt(&run, &query, &query, None).unwrap_err().to_string();
     assert!(e.contains("class folders"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `[task] source = "folder"`: Omniglot characters written as a folder of PNG class folders
+/// (dark ink on white, as a user's scans would be) train a ProtoNet that classifies the
+/// folder's held-out classes far above chance — the same path a user's own dataset takes.
+#[test]
+fn a_folder_of_the_users_images_trains_and_tests() {
+    let root = std::env::temp_dir().join(format!("ml-folder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let [_, _, test] = omniglot_classes(OmniglotSplit::Vinyals, false, 28).unwrap();
+    let images = root.join("images");
+    let mut img = Vec::new();
+    for class in 0..40 {
+        for i in 0..10 {
+            img.clear();
+            test.write_example(class * 10, i, &mut img).unwrap();
+            write_png(
+                &images.join(format!("c{class:02}")).join(format!("{i}.png")),
+                &img,
+                28,
+            );
+        }
+    }
+    let text = format!(
+        r#"
+seed = 5
+[task]
+source = "folder"
+path = "{}"
+val_fraction = 0.2
+test_fraction = 0.25
+image_size = 28
+grayscale = true
+invert = true
+ways = 5
+shots = 1
+queries = 5
+[learner]
+kind = "protonet"
+[budget]
+iterations = 60
+validate_every = 30
+val_episodes = 20
+checkpoint_every = 30
+[eval]
+episodes = 40
+queries = 5
+"#,
+        images.display()
+    );
+    // 15 test queries per class need 16 images per class: named, not a panic.
+    let e = metalearn::run::tasks(
+        &Experiment::parse(
+            &text.replace("episodes = 40\nqueries = 5", "episodes = 40"),
+            "f.toml",
+        )
+        .unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("the test split") && e.contains("10 examples"),
+        "{e}"
+    );
+    let exp = Experiment::parse(&text, "folder.toml").unwrap();
+    let run = root.join("run");
+    let s = train(&exp, &run, Progress::Quiet).unwrap();
+    assert_eq!(s.iterations, 60);
+    let r = metalearn::run::eval(&run, Default::default()).unwrap();
+    let acc = r.accuracy.unwrap();
+    // 10 test classes the model never saw; chance is 20%.
+    assert!(
+        acc > 0.55,
+        "5-way 1-shot accuracy {acc} on the folder's test classes"
+    );
+    // The split is by whole classes: disjoint, covering every folder (40 = 22 + 8 + 10).
+    let image = metalearn::tasks::ImageFolderConfig {
+        size: 28,
+        grayscale: true,
+        invert: true,
+    };
+    let splits =
+        metalearn::run::folder_classes(&images, FolderSplit::Random, (0.2, 0.25), 0, image)
+            .unwrap();
+    let mut names: Vec<&String> = splits.iter().flat_map(|s| &s.names).collect();
+    assert_eq!(
+        splits.iter().map(|s| s.names.len()).collect::<Vec<_>>(),
+        [22, 8, 10]
+    );
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 40);
+    // … and the same on every call (split_seed).
+    let a = metalearn::run::tasks(&exp).unwrap();
+    let b = metalearn::run::tasks(&exp).unwrap();
+    assert_eq!(
+        a.test.sample(7).unwrap().support.inputs,
+        b.test.sample(7).unwrap().support.inputs
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }

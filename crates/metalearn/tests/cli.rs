@@ -21,7 +21,7 @@ fn experiments() -> PathBuf {
 
 fn files() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for sub in ["omniglot", "sinusoid"] {
+    for sub in ["omniglot", "sinusoid", "dynamics", "folder"] {
         for e in std::fs::read_dir(experiments().join(sub)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {
@@ -49,15 +49,34 @@ fn set(text: &str, edits: &[(&str, &str, Value)]) -> String {
 #[test]
 fn every_experiment_file_parses_round_trips_and_runs() {
     let files = files();
-    assert!(files.len() >= 10, "{files:?}");
+    assert!(files.len() >= 12, "{files:?}");
+    let images = temp("images");
+    write_class_folders(&images, 6, 3);
     for f in files {
-        let exp = Experiment::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let mut text = std::fs::read_to_string(&f).unwrap();
+        if f.parent().unwrap().ends_with("folder") {
+            // The example names the user's folder; here it is a small synthetic one.
+            text = set(
+                &text,
+                &[
+                    ("task", "path", Value::String(images.display().to_string())),
+                    ("task", "image_size", Value::Integer(16)),
+                    ("task", "val_fraction", Value::Float(0.34)),
+                    ("task", "test_fraction", Value::Float(0.34)),
+                    ("task", "ways", Value::Integer(2)),
+                    ("task", "queries", Value::Integer(2)),
+                    ("eval", "queries", Value::Integer(2)),
+                ],
+            );
+        }
+        let exp = Experiment::parse(&text, &f.display().to_string())
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         // TOML → config → TOML: the resolved file parses to the same experiment.
         let again = Experiment::parse(&exp.resolved_toml(), "resolved").unwrap();
         assert_eq!(again.resolved(), exp.resolved(), "{}", f.display());
         assert_eq!(again.resolved_toml(), exp.resolved_toml());
         // A few iterations of each, small.
-        let text = std::fs::read_to_string(&f).unwrap();
+        let classification = exp.task.is_classification();
         let omniglot = exp.resolved()["task"]["source"].as_str() == Some("omniglot");
         let mut edits = vec![
             ("budget", "iterations", Value::Integer(2)),
@@ -97,9 +116,43 @@ fn every_experiment_file_parses_round_trips_and_runs() {
         let r = eval(&dir, EvalOverrides::default()).unwrap();
         assert_eq!(r.episodes, 2);
         assert!(r.loss.is_finite());
-        assert_eq!(r.accuracy.is_some(), omniglot);
+        assert_eq!(r.accuracy.is_some(), classification);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+    std::fs::remove_dir_all(&images).unwrap();
+}
+
+/// `classes` class folders of `per_class` RGB PNGs each (16×16; class c is a distinct colour
+/// with per-image noise).
+fn write_class_folders(root: &Path, classes: usize, per_class: usize) {
+    for c in 0..classes {
+        let dir = root.join(format!("class-{c:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let mut data = Vec::new();
+            for p in 0..256usize {
+                let noise = ((p * 31 + i * 17 + c * 7) % 23) as u8;
+                data.extend([
+                    (c * 40 % 256) as u8 ^ noise,
+                    (c * 90 % 256) as u8,
+                    255 - (c * 25) as u8,
+                ]);
+            }
+            let mut out = Vec::new();
+            {
+                let mut e = png::Encoder::new(&mut out, 16, 16);
+                e.set_color(png::ColorType::Rgb);
+                e.set_depth(png::BitDepth::Eight);
+                let mut w = e.write_header().unwrap();
+                w.write_image_data(&data).unwrap();
+            }
+            std::fs::write(dir.join(format!("{i}.png")), out).unwrap();
+        }
+    }
+}
+
+fn int_array(v: &[i64]) -> Value {
+    Value::Array(v.iter().map(|&i| Value::Integer(i)).collect())
 }
 
 fn error_of(text: &str) -> String {
@@ -109,6 +162,11 @@ fn error_of(text: &str) -> String {
 #[test]
 fn bad_experiment_files_name_the_key() {
     let good = std::fs::read_to_string(experiments().join("sinusoid/maml.toml")).unwrap();
+    let dynamics = good.replace(
+        "source = \"sinusoid\"\nk_shot = 10\nquery = 10",
+        "source = \"dynamics\"",
+    );
+    let folder = "[task]\nsource = \"folder\"\npath = \"/\"\nways = 5\n[model]\n[learner]\nkind = \"protonet\"\n[budget]\niterations = 1\n".to_string();
     let cases: Vec<(String, &str)> = vec![
         ("seed = 1\n[task\n".to_string(), "exp.toml"),
         (
@@ -197,6 +255,52 @@ fn bad_experiment_files_name_the_key() {
         (
             good.replace("iterations = 70000\n", ""),
             "`budget.iterations`: missing",
+        ),
+        (
+            set(&good, &[("model", "widths", int_array(&[2, 40, 1]))]),
+            "`model.widths`: start with 1 and end with 1",
+        ),
+        (dynamics.clone(), "`task.family`: missing"),
+        (
+            set(
+                &dynamics,
+                &[("task", "family", Value::String("Pendulumm".into()))],
+            ),
+            "`task.family`: unknown family",
+        ),
+        (
+            set(
+                &dynamics,
+                &[("task", "family", Value::String("pendulum".into()))],
+            ),
+            "`model.widths`: start with 2 and end with 2",
+        ),
+        (
+            set(
+                &dynamics,
+                &[
+                    ("task", "family", Value::String("oscillator".into())),
+                    ("task", "ranges", Value::Array(vec![int_array(&[1, 2])])),
+                ],
+            ),
+            "`task.ranges`",
+        ),
+        (folder.replace("path = \"/\"\n", ""), "`task.path`: missing"),
+        (
+            folder.replace("path = \"/\"", "path = \"no/such/folder\""),
+            "`task.path`: no/such/folder",
+        ),
+        (
+            folder.replace("[task]", "[task]\nsplit = \"folders\""),
+            "`task.path`: /train is not a folder",
+        ),
+        (
+            folder.replace("[task]", "[task]\ntest_fraction = 0.9"),
+            "`task.test_fraction`: val_fraction + test_fraction",
+        ),
+        (
+            folder.replace("[model]", "[model]\nin_channels = 1"),
+            "`model.in_channels`: is 1 but the task's images have 3",
         ),
     ];
     for (text, expected) in cases {

@@ -53,7 +53,11 @@ pub fn integrate(
 }
 
 /// A family of systems.
+///
+/// In files (experiment TOML, results JSON) the families are spelled `oscillator`, `pendulum`
+/// and `lotka_volterra`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Family {
     /// `m ẍ + c ẋ + k x = 0`; state `(x, v)`; parameters `(m, c, k)`.
     Oscillator,

@@ -1,7 +1,7 @@
 //! Image-folder datasets: one sub-folder per class holding PNG or JPEG images (the layout of
 //! mini-ImageNet exports and most custom few-shot datasets).
 
-use crate::classes::InMemoryClasses;
+use crate::classes::{ClassDataset, InMemoryClasses};
 use crate::error::{io, Error, Result};
 use crate::image::{decode, resize_area};
 use std::path::Path;
@@ -40,6 +40,42 @@ pub struct ImageFolder {
     pub classes: InMemoryClasses,
     /// Class folder names, in class order.
     pub names: Vec<String>,
+}
+
+impl ImageFolder {
+    /// The classes `classes` (indices into [`names`](Self::names), in that order), e.g. a
+    /// meta-train / validation / test split of the class folders. Each class keeps all of its
+    /// images (classes may differ in size).
+    ///
+    /// Errors: an empty selection or an unknown class.
+    pub fn subset(&self, classes: &[usize]) -> Result<Self> {
+        if classes.is_empty() {
+            return Err(Error::WrongCounts {
+                path: std::path::PathBuf::new(),
+                reason: "a split of the class folders holds no class".into(),
+            });
+        }
+        let mut blocks = Vec::with_capacity(classes.len());
+        let mut names = Vec::with_capacity(classes.len());
+        for &c in classes {
+            let name = self.names.get(c).ok_or_else(|| {
+                metalearn_core::Error::Unsatisfiable(format!(
+                    "class {c} of {} class folders",
+                    self.names.len()
+                ))
+            })?;
+            let mut block = Vec::new();
+            for i in 0..self.classes.class_len(c) {
+                self.classes.write_example(c, i, &mut block)?;
+            }
+            blocks.push(block);
+            names.push(name.clone());
+        }
+        Ok(Self {
+            classes: InMemoryClasses::new(self.classes.example_shape().to_vec(), blocks)?,
+            names,
+        })
+    }
 }
 
 fn is_image(p: &Path) -> bool {
@@ -199,6 +235,17 @@ mod tests {
         assert_eq!(px.len(), 3 * 16);
         assert!(px[..16].iter().all(|v| (v - 1.0).abs() < 1e-6)); // red plane
         assert!(px[16..].iter().all(|v| v.abs() < 1e-6));
+        // A split keeps whole classes, in the order asked for, with their names.
+        let dog = f.subset(&[1]).unwrap();
+        assert_eq!(dog.names, vec!["dog"]);
+        assert_eq!(dog.classes.class_len(0), 4);
+        let mut dog_px = Vec::new();
+        dog.classes.write_example(0, 3, &mut dog_px).unwrap();
+        let mut orig_px = Vec::new();
+        f.classes.write_example(1, 3, &mut orig_px).unwrap();
+        assert_eq!(dog_px, orig_px);
+        assert!(f.subset(&[]).is_err());
+        assert!(f.subset(&[2]).is_err());
         let s = NWayKShot::new(Arc::new(f.classes), NWayKShotConfig::new(2, 1, 2)).unwrap();
         assert_eq!(s.sample(0).unwrap().support.input_shape, vec![2, 3, 4, 4]);
 

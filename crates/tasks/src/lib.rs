@@ -36,5 +36,5 @@ pub use classes::{ClassBatches, ClassDataset, InMemoryClasses, NWayKShot, NWayKS
 pub use dynamics::{Dynamics, DynamicsConfig, Family};
 pub use error::{Error, Result};
 pub use folder::{image_files, load_image, load_image_folder, ImageFolder, ImageFolderConfig};
-pub use omniglot::{Omniglot, OmniglotClasses, OmniglotConfig};
+pub use omniglot::{Omniglot, OmniglotClasses, OmniglotConfig, OmniglotSplit};
 pub use sinusoid::{Sinusoid, SinusoidConfig, SinusoidTask};

@@ -103,6 +103,19 @@ pub struct Character {
     pub name: String,
 }
 
+/// How Omniglot's characters are split into meta-train / meta-validation / meta-test
+/// ([`Omniglot::split`]); in files spelled `vinyals` and `lake`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OmniglotSplit {
+    /// Vinyals et al. (2016): 1,200 characters for training (the last 100 of them for
+    /// validation, as in learn2learn), the remaining 423 for testing; rotations add classes.
+    Vinyals,
+    /// Lake et al. (2015): background alphabets for training (their last 100 characters held
+    /// out for validation), evaluation alphabets for testing.
+    Lake,
+}
+
 /// Loader configuration.
 ///
 /// | field | default | meaning |
@@ -246,6 +259,26 @@ impl Omniglot {
     /// Lake et al.'s split: (background, evaluation) character indices.
     pub fn lake_split(&self) -> (Vec<usize>, Vec<usize>) {
         (0..self.characters.len()).partition(|&c| self.characters[c].split == "images_background")
+    }
+
+    /// The (meta-train, meta-validation, meta-test) classes of `split`, with 90° rotations as
+    /// extra classes when `rotations` (as the few-shot papers do for training).
+    pub fn split(
+        self: &Arc<Self>,
+        split: OmniglotSplit,
+        rotations: bool,
+    ) -> [Arc<OmniglotClasses>; 3] {
+        let (train, val, test) = match split {
+            OmniglotSplit::Vinyals => self.vinyals_split(),
+            OmniglotSplit::Lake => {
+                // Background alphabets train; their last 100 characters are held out for
+                // validation (as in the Vinyals split); evaluation alphabets test.
+                let (mut background, evaluation) = self.lake_split();
+                let val = background.split_off(background.len().saturating_sub(100));
+                (background, val, evaluation)
+            }
+        };
+        [train, val, test].map(|c| Arc::new(self.classes(c, rotations)))
     }
 
     /// Character indices of the given alphabets (e.g. for held-out-alphabet evaluation).

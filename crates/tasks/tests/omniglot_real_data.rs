@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use metalearn_core::TaskDistribution;
-use metalearn_tasks::{ClassDataset, NWayKShot, NWayKShotConfig, Omniglot, OmniglotConfig};
+use metalearn_tasks::{
+    ClassDataset, NWayKShot, NWayKShotConfig, Omniglot, OmniglotConfig, OmniglotSplit,
+};
 use std::sync::Arc;
 
 fn load() -> Option<Arc<Omniglot>> {
@@ -48,6 +50,27 @@ fn real_omniglot_counts_pixels_splits_and_rotations() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 1623);
+
+    // The named splits (what experiment files and the bench suites load).
+    let [tr, va, te] = o.split(OmniglotSplit::Vinyals, true);
+    assert_eq!(
+        (tr.num_classes(), va.num_classes(), te.num_classes()),
+        (4400, 400, 1692)
+    );
+    let [tr, va, te] = o.split(OmniglotSplit::Lake, false);
+    assert_eq!(
+        (tr.num_classes(), va.num_classes(), te.num_classes()),
+        (864, 100, 659)
+    );
+    // Lake: validation characters are background characters not trained on.
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    va.write_example(0, 0, &mut a).unwrap();
+    for c in 0..tr.num_classes() {
+        b.clear();
+        tr.write_example(c, 0, &mut b).unwrap();
+        assert_ne!(a, b, "validation character 0 is training class {c}");
+    }
 
     // Rotations are distinct classes with distinct images.
     let classes = o.classes(test.clone(), true);
