@@ -23,8 +23,8 @@ use metalearn_tasks::{
 use metalearn_train::metrics::{self, Record};
 use metalearn_train::{load_best, Progress, RunDir, Trainer, TrainerConfig};
 use metalearn_update::{
-    FineTune, FineTuneConfig, Maml, MamlConfig, MetaSgd, ProtoNet, ProtoNetConfig, Reptile,
-    ReptileConfig,
+    FineTune, FineTuneConfig, Maml, MamlConfig, MamlPlusPlus, MamlPlusPlusConfig, MetaSgd,
+    ProtoNet, ProtoNetConfig, Reptile, ReptileConfig,
 };
 use metalearn_zoo::{Conv4, Conv4Config};
 use serde::Serialize;
@@ -372,6 +372,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
             ("MAML", maml(true, 0)),
             ("FOMAML", maml(false, 0)),
             ("ANIL", maml(true, 2)),
+            ("BOIL", maml(true, 0).with_freeze(vec!["head".into()])),
         ] {
             let l = Maml::new(cfg, conv4::<B>(ways, 1)?, device.clone())?;
             learners.push(
@@ -402,6 +403,31 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
                 maml_iterations,
                 ways,
                 1,
+                settings,
+            )?
+            .0,
+        );
+        // MAML++: the paper's 5 steps at --full (2 otherwise: each step costs a nested pass),
+        // its learned rates from α, multi-step loss over the first tenth of training, cosine
+        // schedule over all of it; batch-norm parameters adapt in the outer loop only.
+        let pp = MamlPlusPlusConfig::new()
+            .with_inner_lr(alpha)
+            .with_inner_steps(if args.full { 5 } else { 2 })
+            .with_meta_batch_size(mb)
+            .with_msl_iterations((maml_iterations / 10).max(1))
+            .with_anneal_iterations(maml_iterations)
+            .with_freeze(vec!["norms".into()]);
+        let pp_steps = pp.inner_steps;
+        let l = MamlPlusPlus::new(pp, conv4::<B>(ways, 1)?, device.clone())?;
+        learners.push(
+            run.train_and_test(
+                "MAML++",
+                on.clone(),
+                l,
+                &train,
+                maml_iterations,
+                ways,
+                pp_steps,
                 settings,
             )?
             .0,

@@ -31,6 +31,50 @@ impl<B: Backend> ModuleVisitor<B> for Collect<B> {
     }
 }
 
+struct Names {
+    path: Vec<String>,
+    out: Vec<String>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Names {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<B, D>>) {
+        self.out.push(self.path.join("."));
+    }
+}
+
+/// The dotted path of every float parameter, in visiting order: the struct fields and `Vec`
+/// indices that lead to it (`convs.0.weight`, `norms.3.beta`, `head.bias` in the zoo's Conv4).
+/// Learners select parameter groups by these names (a group is a path prefix: `head`,
+/// `convs.0`); [`layer`] is the path without its last component.
+pub fn names<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    let mut v = Names {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// The layer a parameter path belongs to: the path without its last component
+/// (`convs.0.weight` → `convs.0`; a top-level parameter is its own layer).
+pub fn layer(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(l, _)| l)
+}
+
+/// Whether parameter `name` lies in group `prefix` (the whole path or a prefix ending at a
+/// `.`: `convs.1` holds `convs.1.weight` but not `convs.10.weight`).
+pub fn in_group(name: &str, prefix: &str) -> bool {
+    name == prefix || (name.starts_with(prefix) && name.as_bytes().get(prefix.len()) == Some(&b'.'))
+}
+
 /// Every float parameter, flattened, in visiting order, with its shape.
 pub fn tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<(Vec<usize>, Tensor<B, 1>)> {
     let mut c = Collect {

@@ -38,7 +38,8 @@ pub const QUERY_PER_CLASS: usize = 15;
 /// 2017, Table 1; Reptile: Nichol et al. 2018, Table 1 ("Reptile + Transduction" for `Reptile`,
 /// whose evaluation here is transductive by default, and "Reptile" for
 /// `Reptile (non-transductive)`); Meta-SGD: Li et al. 2017, Table 1; ANIL: Raghu et al. 2020,
-/// Table 2 (20-way only).
+/// Table 2 (20-way only); MAML++: Antoniou et al. 2019, Table 1. BOIL (Oh et al. 2021) reports
+/// no Omniglot numbers.
 pub fn published(learner: &str) -> Option<[Option<f64>; 4]> {
     Some(match learner {
         "MAML" => [Some(98.7), Some(99.9), Some(95.8), Some(98.9)],
@@ -48,6 +49,7 @@ pub fn published(learner: &str) -> Option<[Option<f64>; 4]> {
         "Reptile (non-transductive)" => [Some(95.39), Some(98.90), Some(88.14), Some(96.65)],
         "Meta-SGD" => [Some(99.53), Some(99.93), Some(95.93), Some(98.97)],
         "ANIL" => [None, None, Some(96.2), Some(98.0)],
+        "MAML++" => [Some(99.47), Some(99.93), Some(97.76), Some(99.65)],
         _ => return None,
     })
 }

@@ -15,7 +15,7 @@
 //! kind = "conv4"              # conv4 | mlp; the rest are the model config's fields
 //!
 //! [learner]
-//! kind = "maml"               # maml | fomaml | anil | meta_sgd | reptile | protonet
+//! kind = "maml"               # maml | fomaml | anil | boil | meta_sgd | maml_pp | reptile | protonet
 //! inner_lr = 0.4              # the rest are the learner config's fields
 //!
 //! [budget]                    # metalearn_train::TrainerConfig (seed is the top-level one)
@@ -64,7 +64,7 @@ use metalearn_core::backend::BackendKind;
 pub use metalearn_tasks::OmniglotSplit;
 use metalearn_tasks::{DynamicsConfig, Family, ImageFolderConfig, NWayKShotConfig, SinusoidConfig};
 use metalearn_train::TrainerConfig;
-use metalearn_update::{MamlConfig, ProtoNetConfig, ReptileConfig};
+use metalearn_update::{MamlConfig, MamlPlusPlusConfig, ProtoNetConfig, ReptileConfig};
 use metalearn_zoo::{Conv4Config, MlpConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -193,10 +193,13 @@ pub enum ModelSpec {
 /// The learner and its hyper-parameters.
 #[derive(Debug, Clone)]
 pub enum LearnerSpec {
-    /// MAML (second order), FOMAML (`second_order = false`) or ANIL (`adapt_last = 2`).
+    /// MAML (second order), FOMAML (`second_order = false`), ANIL (`adapt_last = 2`) or BOIL
+    /// (`freeze = ["head"]`).
     Maml(MamlConfig),
     /// Meta-SGD.
     MetaSgd(MamlConfig),
+    /// MAML++.
+    MamlPlusPlus(MamlPlusPlusConfig),
     /// Reptile.
     Reptile(ReptileConfig),
     /// Prototypical Networks.
@@ -952,7 +955,9 @@ fn parse_model(
 }
 
 /// The learner kinds an experiment file can name.
-pub const LEARNERS: [&str; 6] = ["maml", "fomaml", "anil", "meta_sgd", "reptile", "protonet"];
+pub const LEARNERS: [&str; 8] = [
+    "maml", "fomaml", "anil", "boil", "meta_sgd", "maml_pp", "reptile", "protonet",
+];
 
 fn parse_learner(
     cx: &Ctx<'_>,
@@ -968,10 +973,11 @@ fn parse_learner(
         )
     })?;
     let (spec, mut table) = match kind {
-        "maml" | "fomaml" | "anil" | "meta_sgd" => {
+        "maml" | "fomaml" | "anil" | "boil" | "meta_sgd" => {
             let base = match kind {
                 "fomaml" => MamlConfig::new().with_second_order(false),
                 "anil" => MamlConfig::anil(),
+                "boil" => MamlConfig::boil(),
                 _ => MamlConfig::new(),
             };
             let (c, table): (MamlConfig, _) = cx.overlay("learner", &base, Some(t), &["kind"])?;
@@ -982,6 +988,12 @@ fn parse_learner(
                 LearnerSpec::Maml(c)
             };
             (spec, table)
+        }
+        "maml_pp" => {
+            let (c, table): (MamlPlusPlusConfig, _) =
+                cx.overlay("learner", &MamlPlusPlusConfig::new(), Some(t), &["kind"])?;
+            cx.checked("learner", c.validate())?;
+            (LearnerSpec::MamlPlusPlus(c), table)
         }
         "reptile" => {
             let (c, table): (ReptileConfig, _) =

@@ -20,7 +20,7 @@ use metalearn_tasks::{
 use metalearn_train::{
     evaluate, load_best, write_report, Progress, RunDir, TrainSummary, Trainer, Validation,
 };
-use metalearn_update::{Maml, MetaSgd, ProtoNet, Reptile};
+use metalearn_update::{Maml, MamlPlusPlus, MetaSgd, ProtoNet, Reptile};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -203,6 +203,9 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
                 }
                 LearnerSpec::MetaSgd(l) => {
                     DynLearner::<_, $d>::boxed(MetaSgd::new(l.clone(), model, device)?)
+                }
+                LearnerSpec::MamlPlusPlus(l) => {
+                    DynLearner::<_, $d>::boxed(MamlPlusPlus::new(l.clone(), model, device)?)
                 }
                 LearnerSpec::Reptile(l) => {
                     DynLearner::<_, $d>::boxed(Reptile::new(l.clone(), model, device)?)

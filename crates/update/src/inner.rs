@@ -32,12 +32,12 @@ pub(crate) enum Sizes<T> {
 }
 
 impl<T> Sizes<T> {
-    /// Uniform, or masked to the last `last` of `count` tensors when `last > 0`.
-    pub fn scalar(lr: f64, last: usize, count: usize) -> Self {
-        if last == 0 || last >= count {
+    /// `lr` on the tensors `mask` marks (uniform when it marks them all).
+    pub fn masked(lr: f64, mask: &[bool]) -> Self {
+        if mask.iter().all(|&m| m) {
             Self::Uniform(lr)
         } else {
-            Self::Masked(lr, (0..count).map(|i| i + last >= count).collect())
+            Self::Masked(lr, mask.to_vec())
         }
     }
 
@@ -48,6 +48,56 @@ impl<T> Sizes<T> {
             _ => true,
         }
     }
+}
+
+/// Which parameters (of `names`, visiting order; see
+/// [`params::names`](metalearn_core::params::names)) an inner loop adapts: the last
+/// `adapt_last` (0: all), within the groups `adapt_only` (empty: all), outside the groups
+/// `freeze`. A group that names no parameter, or a selection that adapts nothing, is an
+/// [`Error::InvalidConfig`] naming the field.
+pub(crate) fn group_mask(
+    names: &[String],
+    adapt_last: usize,
+    adapt_only: &[String],
+    freeze: &[String],
+) -> Result<Vec<bool>> {
+    use metalearn_core::params::in_group;
+    let count = names.len();
+    if adapt_last > count {
+        return Err(Error::config(
+            "adapt_last",
+            format!("is {adapt_last} but the model has only {count} parameter tensors"),
+        ));
+    }
+    for (field, groups) in [("adapt_only", adapt_only), ("freeze", freeze)] {
+        for g in groups {
+            if !names.iter().any(|n| in_group(n, g)) {
+                return Err(Error::config(
+                    field,
+                    format!(
+                        "group `{g}` names no parameter of the model (its parameters: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let mask: Vec<bool> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (adapt_last == 0 || i + adapt_last >= count)
+                && (adapt_only.is_empty() || adapt_only.iter().any(|g| in_group(n, g)))
+                && !freeze.iter().any(|g| in_group(n, g))
+        })
+        .collect();
+    if !mask.contains(&true) {
+        return Err(Error::config(
+            "freeze",
+            "with adapt_last, adapt_only and freeze together no parameter adapts",
+        ));
+    }
+    Ok(mask)
 }
 
 /// `t − s ⊙ g` for tensor `i`.

@@ -6,7 +6,10 @@
 //! - [`Maml`]: Model-Agnostic Meta-Learning (Finn et al. 2017) with exact second-order
 //!   meta-gradients through nested autodiff, and first-order MAML as a switch.
 //! - ANIL ([`MamlConfig::anil`]): inner loop on the head only (Raghu et al. 2020).
+//! - BOIL ([`MamlConfig::boil`]): inner loop on the body only, head frozen (Oh et al. 2021).
 //! - [`MetaSgd`]: learned per-parameter inner learning rates (Li et al. 2017).
+//! - [`MamlPlusPlus`]: MAML++ (Antoniou et al. 2019): multi-step loss, learned per-layer
+//!   per-step inner rates, derivative-order annealing, cosine-annealed outer learning rate.
 //! - [`Reptile`]: first-order meta-learning by interpolation (Nichol et al. 2018).
 //! - [`ProtoNet`]: Prototypical Networks (Snell et al. 2017).
 //! - [`FineTune`]: pretrain + fine-tune baseline (Chen et al. 2019).
@@ -44,6 +47,7 @@ mod error;
 mod finetune;
 mod inner;
 mod maml;
+mod maml_pp;
 mod meta_sgd;
 mod protonet;
 mod reptile;
@@ -58,6 +62,7 @@ pub use distill::{distillation_loss, soft_targets, DistillConfig, Distiller, Epi
 pub use error::{Error, Result};
 pub use finetune::{FineTune, FineTuneConfig, LinearHead};
 pub use maml::{Maml, MamlConfig};
+pub use maml_pp::{MamlPlusPlus, MamlPlusPlusConfig, StepRates};
 pub use meta_sgd::MetaSgd;
 pub use protonet::{prototype_logits, prototype_logits_from, prototypes, ProtoNet, ProtoNetConfig};
 pub use reptile::{Reptile, ReptileConfig};
@@ -65,6 +70,10 @@ pub use reptile::{Reptile, ReptileConfig};
 /// ANIL (Raghu et al. 2020): [`Maml`] whose inner loop adapts only the head; build it with
 /// [`MamlConfig::anil`].
 pub type Anil<B, M, const D: usize> = Maml<B, M, D>;
+
+/// BOIL (Oh et al. 2021): [`Maml`] whose inner loop adapts only the body, the head frozen;
+/// build it with [`MamlConfig::boil`].
+pub type Boil<B, M, const D: usize> = Maml<B, M, D>;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

@@ -43,8 +43,19 @@ use metalearn_core::params;
 /// | `threads` | 0 | worker threads for the tasks of a meta-batch (0: one per core) | — |
 /// | `adapt_last` | 0 | adapt only the last `n` parameter tensors in the inner loop (0: all; 2 with a linear head: ANIL) | — |
 /// | `transductive` | true | evaluate the query batch in one forward pass (false: each query example with the support set) | — |
+/// | `adapt_only` | [] | adapt only the parameters in these groups (dotted path prefixes: `head`, `convs.3`; [] = all) | each names ≥ 1 parameter |
+/// | `freeze` | [] | never adapt the parameters in these groups in the inner loop | each names ≥ 1 parameter |
 ///
 /// The defaults are the sinusoid settings of Finn et al. (2017), §5.1.
+///
+/// **Parameter groups** are named by the parameters' paths in the module
+/// ([`params::names`]: `convs.0.weight`, `norms.3.beta`, `head.bias` in the zoo's Conv4); a
+/// group is a path prefix. `adapt_only`, `freeze` and `adapt_last` combine (a parameter adapts
+/// when every one of them lets it); at least one parameter must adapt.
+///
+/// **BOIL** (Oh et al. 2021, "BOIL: Towards Representation Change for Few-shot Learning"):
+/// [`MamlConfig::boil`] sets `freeze = ["head"]`, so the inner loop adapts only the body
+/// (feature extractor) while the head stays at its meta-learned value — the opposite of ANIL.
 ///
 /// **ANIL** (Raghu et al. 2020, "Rapid Learning or Feature Reuse?"): [`MamlConfig::anil`] sets
 /// `adapt_last = 2`, so the inner loop adapts only the head (weight and bias of the last linear
@@ -85,6 +96,13 @@ pub struct MamlConfig {
     /// support set, so batch statistics never mix query examples).
     #[config(default = true)]
     pub transductive: bool,
+    /// Adapt only the parameters in these groups in the inner loop (dotted path prefixes; empty:
+    /// all).
+    #[config(default = "Vec::new()")]
+    pub adapt_only: Vec<String>,
+    /// Never adapt the parameters in these groups in the inner loop (BOIL: `["head"]`).
+    #[config(default = "Vec::new()")]
+    pub freeze: Vec<String>,
 }
 
 impl MamlConfig {
@@ -93,20 +111,23 @@ impl MamlConfig {
         Self::new().with_adapt_last(2)
     }
 
-    /// Check the fields that depend on the model: `adapt_last` must not exceed its number of
-    /// parameter tensors (`count`).
-    pub fn validate_for(&self, count: usize) -> metalearn_core::Result<()> {
+    /// BOIL: MAML whose inner loop adapts only the body; the head (the parameters under `head`,
+    /// as in the zoo's models) is frozen during adaptation and learned in the outer loop only.
+    pub fn boil() -> Self {
+        Self::new().with_freeze(vec!["head".into()])
+    }
+
+    /// Check the fields that depend on the model, whose parameters are `names`
+    /// ([`params::names`]): `adapt_last` must not exceed their number, every group must name
+    /// at least one of them, and at least one parameter must adapt.
+    pub fn validate_for(&self, names: &[String]) -> metalearn_core::Result<()> {
         self.validate()?;
-        if self.adapt_last > count {
-            return Err(Error::config(
-                "adapt_last",
-                format!(
-                    "is {} but the model has only {count} parameter tensors",
-                    self.adapt_last
-                ),
-            ));
-        }
-        Ok(())
+        self.inner_mask(names).map(|_| ())
+    }
+
+    /// Which parameters (of `names`, visiting order) the inner loop adapts.
+    pub fn inner_mask(&self, names: &[String]) -> metalearn_core::Result<Vec<bool>> {
+        crate::inner::group_mask(names, self.adapt_last, &self.adapt_only, &self.freeze)
     }
 
     /// Check every field; called by the learners before any training.
@@ -128,6 +149,8 @@ impl MamlConfig {
 /// (and ANIL, with [`MamlConfig::anil`]).
 pub struct Maml<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     pub(crate) model: M,
+    /// Which parameter tensors the inner loop adapts (from the config's groups).
+    mask: Vec<bool>,
     optim: OptimizerAdaptor<Adam, M, AB<B>>,
     pub(crate) config: MamlConfig,
     pub(crate) device: B::Device,
@@ -147,9 +170,11 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Mam
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
     /// Validate `config` and wrap `model` (whose current parameters are the initial θ).
     pub fn new(config: MamlConfig, model: M, device: B::Device) -> UpdateResult<Self> {
-        config.validate_for(params::tensors(&model).len())?;
+        config.validate()?;
+        let mask = config.inner_mask(&params::names(&model))?;
         Ok(Self {
             model: params::require_grad(model),
+            mask,
             optim: AdamConfig::new().init(),
             pool: TaskPool::new(config.threads),
             config,
@@ -179,8 +204,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
     }
 
     pub(crate) fn sizes(&self) -> Sizes<Tensor<B, 1>> {
-        let count = params::tensors(&self.model).len();
-        Sizes::scalar(self.config.inner_lr, self.config.adapt_last, count)
+        Sizes::masked(self.config.inner_lr, &self.mask)
     }
 
     /// The meta-objective at θ = `model`: mean over `episodes` of the query loss after

@@ -27,8 +27,8 @@ use metalearn_core::params;
 ///
 /// Hyper-parameters are [`MamlConfig`]'s: `inner_lr` is the initial value of every learned step
 /// size α (Li et al. draw α uniformly from [0.005, 0.1]; a constant start is the common
-/// reimplementation choice), `outer_lr` is Adam's learning rate for θ and α alike, `adapt_last`
-/// is ignored (every parameter has its own learned rate). `second_order = false` detaches the
+/// reimplementation choice), `outer_lr` is Adam's learning rate for θ and α alike; `adapt_last`,
+/// `adapt_only` and `freeze` are ignored (every parameter has its own learned rate). `second_order = false` detaches the
 /// support gradients but still learns α (its gradient is first order in the Hessian).
 pub struct MetaSgd<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     model: M,
@@ -65,7 +65,7 @@ impl<Bk: Backend> ModuleMapper<Bk> for FreshConstant {
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
     /// Validate `config` and wrap `model`; every step size starts at `config.inner_lr`.
     pub fn new(config: MamlConfig, model: M, device: B::Device) -> UpdateResult<Self> {
-        config.validate_for(params::tensors(&model).len())?;
+        config.validate_for(&params::names(&model))?;
         ensure_positive("inner_lr", config.inner_lr)?;
         let model = params::require_grad(model);
         let rates = model.clone().map(&mut FreshConstant(config.inner_lr));

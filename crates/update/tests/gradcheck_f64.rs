@@ -10,11 +10,13 @@
 #![allow(clippy::unwrap_used)]
 
 use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
 use metalearn_core::backend::{init_f64, NdArrayF64 as B};
 use metalearn_core::episode::EpisodeData;
+use metalearn_core::MetaLearner;
 use metalearn_core::{params, MetaTrainable, SeedStream, TaskDistribution};
 use metalearn_tasks::{InMemoryClasses, NWayKShot, NWayKShotConfig, Sinusoid, SinusoidConfig};
-use metalearn_update::{BatchedMaml, Maml, MamlConfig};
+use metalearn_update::{BatchedMaml, Maml, MamlConfig, MamlPlusPlus, MamlPlusPlusConfig};
 use metalearn_zoo::{Conv4Config, ConvPath, MlpConfig};
 use rand::Rng;
 use std::sync::{Arc, Once};
@@ -109,6 +111,104 @@ fn check_mlp(steps: usize) {
     assert!(
         rel_err(&gfb, &gf) < 1e-9,
         "batched first order differs from per-task"
+    );
+}
+
+/// BOIL's mask (the last layer frozen in the inner loop) under exact second order.
+#[test]
+fn boil_mlp_second_order_matches_finite_differences() {
+    setup();
+    let device = Default::default();
+    let model = MlpConfig::new(vec![1, 8, 8, 1])
+        .init::<Autodiff<B>>(3, &device)
+        .unwrap();
+    let episodes = sinusoid_batch(3, 5);
+    let cfg = MamlConfig::new()
+        .with_inner_steps(2)
+        .with_inner_lr(0.05)
+        .with_freeze(vec!["layers.2".into()]);
+    let boil = Maml::new(cfg, model.clone(), device).unwrap();
+    let g = boil.meta_gradient_vec(&episodes).unwrap();
+    let coords: Vec<usize> = (0..g.len()).collect();
+    let e = rel_err(&g, &finite_differences(&boil, &episodes, &coords, 1e-5));
+    assert!(e < 1e-6, "BOIL: relative error {e:e}");
+    // Adaptation leaves the frozen head where it was and moves the body.
+    let phi = boil.adapt(&episodes[0], 3).unwrap();
+    let names = params::names(&phi);
+    let (before, after) = (params::tensors(&model.valid()), params::tensors(&phi));
+    for ((name, (_, b)), (_, a)) in names.iter().zip(&before).zip(&after) {
+        let moved: f64 = (b.clone() - a.clone())
+            .abs()
+            .into_data()
+            .iter::<f64>()
+            .sum();
+        if name.starts_with("layers.2") {
+            assert_eq!(moved, 0.0, "{name} moved");
+        } else {
+            assert!(moved > 0.0, "{name} did not move");
+        }
+    }
+}
+
+/// MAML++ (multi-step loss, learned per-step rates, 3 steps): the meta-gradients of θ and of
+/// the rates against central differences of the same weighted objective; first order (its
+/// derivative-order annealing phase) differs.
+#[test]
+fn maml_plus_plus_meta_gradients_match_finite_differences() {
+    setup();
+    let device = Default::default();
+    let model = MlpConfig::new(vec![1, 8, 8, 1])
+        .init::<Autodiff<B>>(4, &device)
+        .unwrap();
+    let episodes = sinusoid_batch(3, 5);
+    let cfg = MamlPlusPlusConfig::new()
+        .with_inner_steps(3)
+        .with_inner_lr(0.04)
+        .with_msl_iterations(10)
+        .with_meta_batch_size(3);
+    let pp = MamlPlusPlus::new(cfg.clone(), model.clone(), device).unwrap();
+    let (g, gr) = pp.meta_gradient_vec(&episodes).unwrap();
+    assert_eq!(gr.len(), 3 * 6, "one rate per step and tensor");
+    let theta = pp.model().valid();
+    let base = params::to_vec(&theta);
+    let rates = pp.rates().unwrap();
+    let h = 1e-5;
+    let f = |p: &[f64], r: &[Vec<f64>]| {
+        pp.meta_objective(
+            &params::from_vec(theta.clone(), p).unwrap(),
+            Some(r.to_vec()),
+            &episodes,
+        )
+        .unwrap()
+    };
+    let fd: Vec<f64> = (0..base.len())
+        .map(|i| {
+            let (mut a, mut b) = (base.clone(), base.clone());
+            a[i] += h;
+            b[i] -= h;
+            (f(&a, &rates) - f(&b, &rates)) / (2.0 * h)
+        })
+        .collect();
+    let e = rel_err(&g, &fd);
+    assert!(e < 1e-6, "MAML++ θ: relative error {e:e}");
+    let fdr: Vec<f64> = (0..gr.len())
+        .map(|j| {
+            let (k, i) = (j / 6, j % 6);
+            let (mut a, mut b) = (rates.clone(), rates.clone());
+            a[k][i] += h;
+            b[k][i] -= h;
+            (f(&base, &a) - f(&base, &b)) / (2.0 * h)
+        })
+        .collect();
+    let er = rel_err(&gr, &fdr);
+    assert!(er < 1e-6, "MAML++ rates: relative error {er:e}");
+    // Derivative-order annealing: the first-order phase drops the Hessian terms.
+    let fo = MamlPlusPlus::new(cfg.with_first_order_iterations(5), model, device).unwrap();
+    let (gf, grf) = fo.meta_gradient_vec(&episodes).unwrap();
+    assert!(rel_err(&gf, &g) > 1e-3);
+    assert!(
+        grf.iter().any(|v| *v != 0.0),
+        "first order still learns the rates"
     );
 }
 

@@ -18,8 +18,8 @@ use metalearn_tasks::{
     ClassBatches, NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig,
 };
 use metalearn_update::{
-    FineTune, FineTuneConfig, Maml, MamlConfig, MetaSgd, ProtoNet, ProtoNetConfig, Reptile,
-    ReptileConfig,
+    FineTune, FineTuneConfig, Maml, MamlConfig, MamlPlusPlus, MamlPlusPlusConfig, MetaSgd,
+    ProtoNet, ProtoNetConfig, Reptile, ReptileConfig,
 };
 use metalearn_zoo::{Conv4, Conv4Config};
 use std::sync::{Arc, OnceLock};
@@ -187,6 +187,52 @@ fn anil<B: Backend>(s: Scale) {
     assert!(change[n - 2] > 0.0);
 }
 
+fn boil<B: Backend>(s: Scale) {
+    if data(s).is_none() {
+        return;
+    }
+    let cfg = MamlConfig::boil()
+        .with_inner_lr(0.4)
+        .with_meta_batch_size(4)
+        .with_outer_lr(3e-3);
+    let mut m = Maml::<B, _, 4>::new(cfg, conv4::<B>(s, 5), Default::default()).unwrap();
+    let before = held_out_accuracy(s, &m, 3);
+    train(s, &tag::<B>("BOIL"), &mut m, 60, 1);
+    check(&tag::<B>("BOIL"), before, held_out_accuracy(s, &m, 3));
+    // The inner loop changes only the body: the head (last two tensors) stays.
+    let d = data(s).unwrap();
+    let tasks = NWayKShot::new(d.test.clone(), NWayKShotConfig::new(5, 1, 5)).unwrap();
+    let adapted = m.adapt(&tasks.sample(5).unwrap(), 3).unwrap();
+    let change = params::relative_change(&m.model().valid(), &adapted).unwrap();
+    let n = change.len();
+    assert!(change[n - 2..].iter().all(|&c| c == 0.0), "{change:?}");
+    assert!(change[..n - 2].iter().all(|&c| c > 0.0), "{change:?}");
+}
+
+fn maml_plus_plus<B: Backend>(s: Scale) {
+    if data(s).is_none() {
+        return;
+    }
+    // Every piece on, compressed into a short run: multi-step loss annealed over 20
+    // iterations, first order for the first 10, cosine schedule over the 40.
+    let cfg = MamlPlusPlusConfig::new()
+        .with_inner_lr(0.4)
+        .with_inner_steps(2)
+        .with_meta_batch_size(4)
+        .with_outer_lr(3e-3)
+        .with_msl_iterations(20)
+        .with_first_order_iterations(10)
+        .with_anneal_iterations(40);
+    let mut m = MamlPlusPlus::<B, _, 4>::new(cfg, conv4::<B>(s, 5), Default::default()).unwrap();
+    let rates_before = m.rates().unwrap();
+    let before = held_out_accuracy(s, &m, 2);
+    train(s, &tag::<B>("MAML++"), &mut m, 40, 1);
+    check(&tag::<B>("MAML++"), before, held_out_accuracy(s, &m, 2));
+    let rates = m.rates().unwrap();
+    assert_eq!(rates.len(), 2);
+    assert_ne!(rates, rates_before, "the per-step rates were not learned");
+}
+
 fn meta_sgd<B: Backend>(s: Scale) {
     if data(s).is_none() {
         return;
@@ -282,6 +328,16 @@ fn omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
 }
 
 #[test]
+fn omniglot_real_data_boil_learns_and_keeps_head_fixed_in_inner_loop() {
+    boil::<Cpu>(FULL);
+}
+
+#[test]
+fn omniglot_real_data_maml_plus_plus_learns_its_rates() {
+    maml_plus_plus::<Cpu>(FULL);
+}
+
+#[test]
 fn omniglot_real_data_meta_sgd_learns_its_rates() {
     meta_sgd::<Cpu>(FULL);
 }
@@ -324,6 +380,18 @@ mod wgpu {
     #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
     fn wgpu_omniglot_real_data_anil_learns_and_keeps_body_fixed_in_inner_loop() {
         super::anil::<Gpu>(super::SMALL);
+    }
+
+    #[test]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    fn wgpu_omniglot_real_data_boil_learns() {
+        super::boil::<Gpu>(super::SMALL);
+    }
+
+    #[test]
+    #[ignore = "1-2 min per learner on a software Vulkan driver; run with --ignored on a GPU"]
+    fn wgpu_omniglot_real_data_maml_plus_plus_learns() {
+        super::maml_plus_plus::<Gpu>(super::SMALL);
     }
 
     #[test]

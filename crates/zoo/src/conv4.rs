@@ -303,6 +303,18 @@ mod tests {
         // 4 convs + 4 BN (γ, β) + head
         let convs = (9 + 1) * 64 + 3 * (64 * 9 + 1) * 64;
         assert_eq!(m.num_params(), convs + 4 * 128 + 64 * 5 + 5);
+        // Parameter paths, in visiting order: what learners select groups by.
+        let names = metalearn_core::params::names(&m);
+        assert_eq!(names.len(), 18);
+        assert_eq!(&names[..2], ["convs.0.weight", "convs.0.bias"]);
+        assert_eq!(&names[8..10], ["norms.0.gamma", "norms.0.beta"]);
+        assert_eq!(&names[16..], ["head.weight", "head.bias"]);
+        assert_eq!(metalearn_core::params::layer(&names[15]), "norms.3");
+        assert!(metalearn_core::params::in_group(&names[2], "convs.1"));
+        assert!(!metalearn_core::params::in_group(
+            "convs.10.weight",
+            "convs.1"
+        ));
         assert!(Conv4Config::new(5)
             .with_input_size(8)
             .init::<B>(0, &d)
