@@ -20,6 +20,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
+/// The REINFORCE controller's backend: a tiny model, on the CPU.
+type CpuController = burn::backend::Autodiff<metalearn_core::backend::NdArrayCpu>;
+
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Budget {
     name: &'static str,
@@ -117,7 +120,7 @@ fn synthetic() -> Result<(
 fn strategies(space: &SearchSpace, seed: u64, population: usize) -> Result<Vec<Box<dyn Strategy>>> {
     Ok(vec![
         Box::new(RandomSearch::new(space.clone(), seed)),
-        Box::new(Reinforce::new(
+        Box::new(Reinforce::<CpuController>::new(
             space.clone(),
             ReinforceConfig {
                 learning_rate: 0.1,

@@ -44,6 +44,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use toml::{Table, Value};
 
+/// The REINFORCE controller's backend: a tiny model, on the CPU.
+type CpuController = burn::backend::Autodiff<metalearn_core::backend::NdArrayCpu>;
+
 /// The search strategy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StrategySpec {
@@ -266,7 +269,11 @@ impl SearchFile {
             .seed();
         Ok(match &self.strategy {
             StrategySpec::Random => Box::new(RandomSearch::new(self.space.clone(), seed)),
-            StrategySpec::Reinforce(c) => Box::new(Reinforce::new(self.space.clone(), *c, seed)?),
+            StrategySpec::Reinforce(c) => Box::new(Reinforce::<CpuController>::new(
+                self.space.clone(),
+                *c,
+                seed,
+            )?),
             StrategySpec::Evolution { population, sample } => Box::new(RegularizedEvolution::new(
                 self.space.clone(),
                 *population,

@@ -126,8 +126,13 @@ impl<B: Backend, D: ClassDataset> MetaObjective<B, D> {
         let mut total = 0.0;
         for i in 0..c.validation_episodes {
             let ep = val.sample(vs.child(i as u64).seed())?;
-            let curve = learner.adaptation_curve(&ep, steps)?;
-            total += curve.last().and_then(|p| p.accuracy).unwrap_or(0.0);
+            // A missing accuracy is an error, never a score of 0 a search would rank.
+            total += learner.evaluate(&ep, steps)?.accuracy.ok_or_else(|| {
+                Error::Config(format!(
+                    "validation episode {i} has no accuracy: the meta objective scores \
+                     classification episodes"
+                ))
+            })?;
         }
         Ok(total / c.validation_episodes as f64)
     }

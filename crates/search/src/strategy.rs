@@ -4,14 +4,12 @@
 
 use crate::space::{Architecture, SearchSpace};
 use crate::{Error, Result};
-use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
-use metalearn_core::backend::NdArrayCpu;
 use metalearn_core::seed::{rng, Rng};
 use rand::Rng as _;
 use std::collections::VecDeque;
@@ -140,8 +138,6 @@ impl Strategy for RegularizedEvolution {
     }
 }
 
-type Cb = Autodiff<NdArrayCpu>;
-
 /// The controller policy: decision `i`'s logits are a linear function of `[1, one-hot of every
 /// earlier choice]`, so each decision is conditioned on all earlier ones (an autoregressive
 /// policy; Zoph & Le use an LSTM, which a linear map on the full history subsumes for
@@ -188,10 +184,14 @@ impl<B: Backend> Controller<B> {
 /// [`Controller`]; after a score `R`, take an Adam step on
 /// `−(R − b) · Σᵢ log π(aᵢ | a_{<i}) − β · Σᵢ H(π(· | a_{<i}))`, where `b` is an exponential
 /// moving average of past rewards (decay `baseline_decay`) and `β` the entropy bonus.
-pub struct Reinforce {
+///
+/// The controller runs on the autodiff backend `B` the program picks (a tiny model: a CPU
+/// backend such as `Autodiff<NdArrayCpu>` is the natural choice even when candidates train on a
+/// GPU).
+pub struct Reinforce<B: AutodiffBackend> {
     space: SearchSpace,
-    controller: Controller<Cb>,
-    optim: OptimizerAdaptor<Adam, Controller<Cb>, Cb>,
+    controller: Controller<B>,
+    optim: OptimizerAdaptor<Adam, Controller<B>, B>,
     learning_rate: f64,
     entropy_bonus: f64,
     baseline_decay: f64,
@@ -202,7 +202,7 @@ pub struct Reinforce {
     rng: Rng,
 }
 
-impl std::fmt::Debug for Reinforce {
+impl<B: AutodiffBackend> std::fmt::Debug for Reinforce<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reinforce")
             .field("learning_rate", &self.learning_rate)
@@ -233,7 +233,7 @@ impl Default for ReinforceConfig {
     }
 }
 
-impl Reinforce {
+impl<B: AutodiffBackend> Reinforce<B> {
     /// A uniform controller over `space`.
     ///
     /// Errors: a non-positive learning rate, a negative entropy bonus, a decay outside [0, 1).
@@ -278,7 +278,7 @@ impl Reinforce {
     }
 }
 
-impl Strategy for Reinforce {
+impl<B: AutodiffBackend> Strategy for Reinforce<B> {
     fn ask(&mut self) -> Result<Architecture> {
         // Sample decision by decision; re-draw (at most a few times per decision, then fall back
         // to the space's sampler) when a constraint forbids the sampled choice.
@@ -325,7 +325,7 @@ impl Strategy for Reinforce {
         let advantage = r - b;
         self.baseline = Some(self.baseline_decay * b + (1.0 - self.baseline_decay) * r);
         let device = Default::default();
-        let mut objective: Option<Tensor<Cb, 1>> = None;
+        let mut objective: Option<Tensor<B, 1>> = None;
         for (i, &a) in arch.0.iter().enumerate() {
             let logp = log_softmax(self.controller.logits(&arch.0, i, &device), 1);
             let p = logp.clone().exp();

@@ -9,6 +9,9 @@ use metalearn_search::{
 };
 use std::time::{Duration, Instant};
 
+/// The REINFORCE controller's backend: a tiny model, on the CPU.
+type CpuController = burn::backend::Autodiff<metalearn_core::backend::NdArrayCpu>;
+
 fn parse_err(r: Result<SearchSpace, Error>) -> String {
     match r {
         Err(e @ (Error::Parse(_) | Error::InvalidSpace(_))) => e.to_string(),
@@ -55,7 +58,7 @@ fn nan_choices_empty_names_and_infinite_bonuses_are_rejected() {
             ..ReinforceConfig::default()
         };
         assert!(matches!(
-            Reinforce::new(space.clone(), cfg, 0),
+            Reinforce::<CpuController>::new(space.clone(), cfg, 0),
             Err(Error::Config(_))
         ));
     }
@@ -167,7 +170,9 @@ fn diverging_candidates_get_a_failing_score_and_the_search_goes_on() {
     let strategies: Vec<Box<dyn Strategy>> = vec![
         Box::new(RandomSearch::new(space.clone(), 1)),
         Box::new(RegularizedEvolution::new(space.clone(), 4, 2, 1).unwrap()),
-        Box::new(Reinforce::new(space.clone(), ReinforceConfig::default(), 1).unwrap()),
+        Box::new(
+            Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 1).unwrap(),
+        ),
     ];
     for mut s in strategies {
         let r = run_search(
@@ -264,7 +269,8 @@ fn reinforce_search(
     slow: bool,
 ) -> metalearn_search::SearchResult {
     let space = small_space();
-    let mut s = Reinforce::new(space.clone(), ReinforceConfig::default(), 11).unwrap();
+    let mut s =
+        Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 11).unwrap();
     let f = |sp: &SearchSpace, a: &Architecture, seed: u64| {
         if slow {
             std::thread::sleep(Duration::from_millis(40));

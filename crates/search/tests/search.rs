@@ -10,6 +10,9 @@ use metalearn_search::{
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The REINFORCE controller's backend: a tiny model, on the CPU.
+type CpuController = burn::backend::Autodiff<metalearn_core::backend::NdArrayCpu>;
+
 #[test]
 fn spaces_round_trip_through_toml_and_json() {
     for space in [conv_space().unwrap(), mlp_space().unwrap()] {
@@ -102,7 +105,7 @@ fn reinforce_raises_the_probability_of_a_rewarded_choice() {
         "[[decisions]]\nname = \"a\"\nchoices = [0, 1, 2]\n[[decisions]]\nname = \"b\"\nchoices = [0, 1]",
     )
     .unwrap();
-    let mut rl = Reinforce::new(space, ReinforceConfig::default(), 3).unwrap();
+    let mut rl = Reinforce::<CpuController>::new(space, ReinforceConfig::default(), 3).unwrap();
     let before = rl.probabilities(&[], 0)[2];
     assert!((before - 1.0 / 3.0).abs() < 1e-6);
     for _ in 0..60 {
@@ -167,7 +170,7 @@ fn evolution_and_reinforce_beat_random_on_a_synthetic_landscape() {
         mean(&|s| Box::new(RegularizedEvolution::new(space.clone(), 20, 5, s).unwrap()));
     let rl = mean(&|s| {
         Box::new(
-            Reinforce::new(
+            Reinforce::<CpuController>::new(
                 space.clone(),
                 ReinforceConfig {
                     learning_rate: 0.1,
@@ -207,7 +210,8 @@ fn strategies_are_deterministic_given_a_seed() {
     assert_ne!(key(&a), key(&run(5)));
     // parallel rounds: the same result whatever the thread scheduling
     let par = |threads| {
-        let mut s = Reinforce::new(space.clone(), ReinforceConfig::default(), 2).unwrap();
+        let mut s =
+            Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 2).unwrap();
         run_search(
             &space,
             &mut s,
@@ -239,7 +243,10 @@ fn a_crashed_search_resumes_from_its_journal_to_the_same_result() {
             if name == "evolution" {
                 Box::new(RegularizedEvolution::new(space.clone(), 6, 2, 9).unwrap())
             } else {
-                Box::new(Reinforce::new(space.clone(), ReinforceConfig::default(), 9).unwrap())
+                Box::new(
+                    Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 9)
+                        .unwrap(),
+                )
             }
         };
         let cfg = SearchConfig::new(25, 7).with_parallel(parallel);

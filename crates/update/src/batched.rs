@@ -8,7 +8,7 @@
 //! path's (a test checks this).
 
 use crate::inner::{BatchGradient, AA, AB};
-use crate::maml::{stack_batches, Maml, MamlConfig};
+use crate::maml::{Maml, MamlConfig};
 use crate::Result as UpdateResult;
 use burn::module::{AutodiffModule, HasAutodiffModule};
 use burn::optim::GradientsParams;
@@ -16,7 +16,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use metalearn_core::checkpoint::{Checkpoint, LearnerState};
-use metalearn_core::episode::{EpisodeData, TaskKind};
+use metalearn_core::episode::{EpisodeData, HostBatch, TaskKind};
+use metalearn_core::error::Error;
 use metalearn_core::error::Result;
 use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepStats};
 use metalearn_core::loss::scalar;
@@ -42,6 +43,33 @@ fn batched_loss<B: Backend>(kind: TaskKind, out: Tensor<B, 3>, y: Tensor<B, 3>) 
             (log_softmax(out, 2) * y).sum().mul_scalar(-1.0 / n as f64)
         }
     }
+}
+
+/// Stack the same-shaped batches of a meta-batch along a new task dimension.
+fn stack_batches(
+    batches: &[&HostBatch],
+) -> metalearn_core::Result<(Vec<f32>, [usize; 3], Vec<f32>, [usize; 3])> {
+    let first = batches.first().ok_or(Error::Empty("meta-batch"))?;
+    if first.input_shape.len() != 2 {
+        return Err(Error::ShapeMismatch(format!(
+            "the task-batched path takes [n, features] inputs, got {:?}",
+            first.input_shape
+        )));
+    }
+    let (n, f, o) = (first.input_shape[0], first.input_shape[1], first.target_dim);
+    let mut x = Vec::with_capacity(batches.len() * n * f);
+    let mut y = Vec::with_capacity(batches.len() * n * o);
+    for b in batches {
+        if b.input_shape != first.input_shape || b.target_dim != o {
+            return Err(Error::ShapeMismatch(format!(
+                "the task-batched path needs equal-sized episodes: {:?} vs {:?}",
+                b.input_shape, first.input_shape
+            )));
+        }
+        x.extend_from_slice(&b.inputs);
+        y.extend_from_slice(&b.targets);
+    }
+    Ok((x, [batches.len(), n, f], y, [batches.len(), n, o]))
 }
 
 impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {

@@ -5,12 +5,13 @@
 //! (episodes from `metalearn_tasks::ClassBatches`, labels = global class ids). At test time the
 //! body is frozen and a new linear head is trained on the support set's embeddings.
 
+use crate::head::LinearHead;
 use crate::inner::{adam_step, AB};
 use crate::state::{model_optim_from, model_optim_state};
 use crate::transfer::fit_head;
 use crate::Result as UpdateResult;
 use burn::config::Config;
-use burn::module::{AutodiffModule, Module, Param, ParamId};
+use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
@@ -54,35 +55,6 @@ impl FineTuneConfig {
         ensure_positive("learning_rate", self.learning_rate)?;
         ensure_positive("head_lr", self.head_lr)?;
         metalearn_core::error::ensure_nonzero("batch_size", self.batch_size)
-    }
-}
-
-/// A linear classifier on frozen embeddings.
-#[derive(Module, Debug)]
-pub struct LinearHead<B: Backend> {
-    /// `[d, ways]`.
-    pub weight: Param<Tensor<B, 2>>,
-    /// `[ways]`.
-    pub bias: Param<Tensor<B, 1>>,
-}
-
-impl<B: Backend> LinearHead<B> {
-    /// Zero-initialised head.
-    pub fn zeros(d: usize, ways: usize, device: &B::Device) -> Self {
-        Self {
-            weight: Param::initialized(
-                ParamId::new(),
-                Tensor::zeros([d, ways], device).require_grad(),
-            ),
-            bias: Param::initialized(ParamId::new(), Tensor::zeros([ways], device).require_grad()),
-        }
-    }
-
-    /// Logits `[n, ways]`.
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let n = x.dims()[0];
-        let w = self.bias.dims()[0];
-        x.matmul(self.weight.val()) + self.bias.val().reshape([1, w]).repeat_dim(0, n)
     }
 }
 

@@ -153,6 +153,101 @@ impl<B: Backend> InnerUpdate<B> for &Sizes<Tensor<B, 1>> {
     }
 }
 
+impl<B: Backend> InnerUpdate<B> for Sizes<Tensor<B, 1>> {
+    fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1> {
+        step(t, g, i, self)
+    }
+}
+
+/// What a gradient-based learner's test-time adaptation needs: the meta-learned start, its
+/// inner rule, the evaluation protocol and the device. A learner implementing it gets
+/// `MetaLearner`'s `adapt`, `adaptation_curve`, `evaluate` and `predict` from
+/// [`adaptation_methods!`] (one definition for MAML, Meta-SGD, MAML++ and Reptile).
+pub(crate) trait InnerAdapt<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
+    /// The inner rule of one adaptation.
+    type Rule<'a>: InnerUpdate<B>
+    where
+        Self: 'a;
+    /// θ, the start of every adaptation.
+    fn start(&self) -> M::InnerModule;
+    /// A fresh inner rule (step sizes, or Adam with fresh moments).
+    fn inner_rule(&self) -> Self::Rule<'_>;
+    /// Whether the query batch is evaluated in one pass.
+    fn transductive(&self) -> bool;
+    /// The device.
+    fn device(&self) -> &B::Device;
+}
+
+/// `MetaLearner`'s adaptation methods for a learner implementing [`InnerAdapt`]; used inside
+/// its `impl MetaLearner<D>` block: `adaptation_methods!(B, M, D);`.
+macro_rules! adaptation_methods {
+    ($B:ident, $M:ident, $D:ident) => {
+        fn adapt(
+            &self,
+            episode: &metalearn_core::episode::EpisodeData,
+            steps: usize,
+        ) -> metalearn_core::Result<Self::Adapted> {
+            use $crate::inner::InnerAdapt as _;
+            $crate::inner::adapt::<$B, $M, $D>(
+                self.start(),
+                episode,
+                steps,
+                self.inner_rule(),
+                self.device(),
+            )
+        }
+
+        fn adaptation_curve(
+            &self,
+            episode: &metalearn_core::episode::EpisodeData,
+            steps: usize,
+        ) -> metalearn_core::Result<metalearn_core::learner::AdaptationCurve> {
+            use $crate::inner::InnerAdapt as _;
+            $crate::inner::adaptation_curve::<$B, $M, $D>(
+                self.start(),
+                episode,
+                steps,
+                self.inner_rule(),
+                self.transductive(),
+                self.device(),
+            )
+        }
+
+        fn evaluate(
+            &self,
+            episode: &metalearn_core::episode::EpisodeData,
+            steps: usize,
+        ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
+            use $crate::inner::InnerAdapt as _;
+            $crate::inner::evaluate_after::<$B, $M, $D>(
+                self.start(),
+                episode,
+                steps,
+                self.inner_rule(),
+                self.transductive(),
+                self.device(),
+            )
+        }
+
+        fn predict(
+            &self,
+            episode: &metalearn_core::episode::EpisodeData,
+            steps: usize,
+        ) -> metalearn_core::Result<Vec<f32>> {
+            use $crate::inner::InnerAdapt as _;
+            $crate::inner::predict_after::<$B, $M, $D>(
+                self.start(),
+                episode,
+                steps,
+                self.inner_rule(),
+                self.transductive(),
+                self.device(),
+            )
+        }
+    };
+}
+pub(crate) use adaptation_methods;
+
 /// Adam in the inner loop (Kingma & Ba 2015), with fresh moment estimates for every adaptation
 /// (every task): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
 /// `φ ← φ − lr · m̂ / (√v̂ + ε)` with bias-corrected `m̂`, `v̂`.

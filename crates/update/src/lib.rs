@@ -45,6 +45,7 @@ mod batched;
 mod distill;
 mod error;
 mod finetune;
+mod head;
 mod inner;
 mod maml;
 mod maml_pp;
@@ -60,7 +61,8 @@ pub use averaging::{
 pub use batched::BatchedMaml;
 pub use distill::{distillation_loss, soft_targets, DistillConfig, Distiller, EpisodicDistiller};
 pub use error::{Error, Result};
-pub use finetune::{FineTune, FineTuneConfig, LinearHead};
+pub use finetune::{FineTune, FineTuneConfig};
+pub use head::LinearHead;
 pub use maml::{Maml, MamlConfig};
 pub use maml_pp::{MamlPlusPlus, MamlPlusPlusConfig, StepRates};
 pub use meta_sgd::MetaSgd;

@@ -13,8 +13,8 @@
 //! is applied to θ.
 
 use crate::inner::{
-    adapt, adaptation_curve, evaluate, evaluate_after, guarded_step, meta_batch_gradient,
-    predict_after, BatchGradient, Sizes, AB,
+    adapt, adaptation_methods, evaluate, guarded_step, meta_batch_gradient, BatchGradient,
+    InnerAdapt, Sizes, AB,
 };
 use crate::state::{model_optim_from, model_optim_state};
 use crate::Result as UpdateResult;
@@ -24,9 +24,9 @@ use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use metalearn_core::checkpoint::{Checkpoint, LearnerState};
-use metalearn_core::episode::{EpisodeData, HostBatch};
+use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
-use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
+use metalearn_core::learner::{check_finite, MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
 use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
@@ -271,6 +271,29 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
     }
 }
 
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D> for Maml<B, M, D> {
+    type Rule<'a>
+        = Sizes<Tensor<B, 1>>
+    where
+        Self: 'a;
+
+    fn start(&self) -> M::InnerModule {
+        self.model.valid()
+    }
+
+    fn inner_rule(&self) -> Self::Rule<'_> {
+        self.sizes()
+    }
+
+    fn transductive(&self) -> bool {
+        self.config.transductive
+    }
+
+    fn device(&self) -> &B::Device {
+        &self.device
+    }
+}
+
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml<B, M, D> {
     type Adapted = M::InnerModule;
 
@@ -283,56 +306,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
         self.config.meta_batch_size
     }
 
-    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        adapt::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            &self.device,
-        )
-    }
-
-    fn adaptation_curve(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-    ) -> metalearn_core::Result<AdaptationCurve> {
-        adaptation_curve::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn evaluate(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
-        evaluate_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
-        predict_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
+    adaptation_methods!(B, M, D);
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Maml<B, M, D> {
@@ -363,31 +337,4 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Maml<B, 
         (self.model, self.optim, self.iterations) = (model, optim, state.iterations);
         Ok(())
     }
-}
-
-/// Stack the same-shaped batches of a meta-batch along a new task dimension.
-pub(crate) fn stack_batches(
-    batches: &[&HostBatch],
-) -> metalearn_core::Result<(Vec<f32>, [usize; 3], Vec<f32>, [usize; 3])> {
-    let first = batches.first().ok_or(Error::Empty("meta-batch"))?;
-    if first.input_shape.len() != 2 {
-        return Err(Error::ShapeMismatch(format!(
-            "the task-batched path takes [n, features] inputs, got {:?}",
-            first.input_shape
-        )));
-    }
-    let (n, f, o) = (first.input_shape[0], first.input_shape[1], first.target_dim);
-    let mut x = Vec::with_capacity(batches.len() * n * f);
-    let mut y = Vec::with_capacity(batches.len() * n * o);
-    for b in batches {
-        if b.input_shape != first.input_shape || b.target_dim != o {
-            return Err(Error::ShapeMismatch(format!(
-                "the task-batched path needs equal-sized episodes: {:?} vs {:?}",
-                b.input_shape, first.input_shape
-            )));
-        }
-        x.extend_from_slice(&b.inputs);
-        y.extend_from_slice(&b.targets);
-    }
-    Ok((x, [batches.len(), n, f], y, [batches.len(), n, o]))
 }

@@ -22,8 +22,8 @@
 //! against f64 finite differences in `tests/gradcheck_f64.rs`).
 
 use crate::inner::{
-    adapt, adaptation_curve, collect_grads, evaluate, evaluate_after, group_mask, guarded_step,
-    mean_grads, predict_after, InnerUpdate, AA, AB,
+    adaptation_methods, collect_grads, evaluate, group_mask, guarded_step, mean_grads, InnerAdapt,
+    InnerUpdate, AA, AB,
 };
 use crate::state::{put_module, put_optim, take_module, take_optim, OuterAdam};
 use crate::Result as UpdateResult;
@@ -35,7 +35,7 @@ use burn::tensor::{Tensor, TensorData};
 use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
-use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepMetrics, StepStats};
+use metalearn_core::learner::{check_finite, MetaLearner, StepStats};
 use metalearn_core::loss::{accuracy, scalar, task_loss};
 use metalearn_core::model::{check_episode, MetaModule, MetaTrainable};
 use metalearn_core::parallel::TaskPool;
@@ -201,7 +201,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Mam
 
 /// Step sizes for one adaptation on plain values: learned `[step][tensor]` (the last row for
 /// steps beyond those trained) or one `lr`, on the tensors `mask` marks.
-struct PerStep<'a> {
+pub(crate) struct PerStep<'a> {
     rates: Option<Vec<Vec<f64>>>,
     lr: f64,
     mask: &'a [bool],
@@ -471,6 +471,31 @@ fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     })
 }
 
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D>
+    for MamlPlusPlus<B, M, D>
+{
+    type Rule<'a>
+        = PerStep<'a>
+    where
+        Self: 'a;
+
+    fn start(&self) -> M::InnerModule {
+        self.model.valid()
+    }
+
+    fn inner_rule(&self) -> Self::Rule<'_> {
+        self.rule()
+    }
+
+    fn transductive(&self) -> bool {
+        self.config.transductive
+    }
+
+    fn device(&self) -> &B::Device {
+        &self.device
+    }
+}
+
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for MamlPlusPlus<B, M, D> {
     type Adapted = M::InnerModule;
 
@@ -503,52 +528,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
         self.config.meta_batch_size
     }
 
-    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        adapt::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            &self.device,
-        )
-    }
-
-    fn adaptation_curve(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-    ) -> metalearn_core::Result<AdaptationCurve> {
-        adaptation_curve::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn evaluate(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<StepMetrics> {
-        evaluate_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
-        predict_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
+    adaptation_methods!(B, M, D);
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for MamlPlusPlus<B, M, D> {

@@ -3,10 +3,7 @@
 //! `φ = θ − α ⊙ ∇L_support(θ)`, with θ and α both meta-learned by Adam through the same exact
 //! second-order machinery as [`Maml`](crate::Maml).
 
-use crate::inner::{
-    adapt, adaptation_curve, evaluate_after, guarded_step, meta_batch_gradient, predict_after,
-    Sizes, AB,
-};
+use crate::inner::{adaptation_methods, guarded_step, meta_batch_gradient, InnerAdapt, Sizes, AB};
 use crate::maml::MamlConfig;
 use crate::state::{put_module, put_optim, take_module, take_optim};
 use crate::Result as UpdateResult;
@@ -18,7 +15,7 @@ use burn::tensor::Tensor;
 use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::ensure_positive;
-use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
+use metalearn_core::learner::{check_finite, MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
 use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
@@ -129,6 +126,29 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
     }
 }
 
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D> for MetaSgd<B, M, D> {
+    type Rule<'a>
+        = Sizes<Tensor<B, 1>>
+    where
+        Self: 'a;
+
+    fn start(&self) -> M::InnerModule {
+        self.model.valid()
+    }
+
+    fn inner_rule(&self) -> Self::Rule<'_> {
+        self.sizes()
+    }
+
+    fn transductive(&self) -> bool {
+        self.config.transductive
+    }
+
+    fn device(&self) -> &B::Device {
+        &self.device
+    }
+}
+
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for MetaSgd<B, M, D> {
     type Adapted = M::InnerModule;
 
@@ -161,56 +181,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Meta
         self.config.meta_batch_size
     }
 
-    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        adapt::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            &self.device,
-        )
-    }
-
-    fn adaptation_curve(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-    ) -> metalearn_core::Result<AdaptationCurve> {
-        adaptation_curve::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn evaluate(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
-        evaluate_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
-        predict_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            &self.sizes(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
+    adaptation_methods!(B, M, D);
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for MetaSgd<B, M, D> {

@@ -5,9 +5,7 @@
 //! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
 //! after adaptation. At test time only the support set is used.
 
-use crate::inner::{
-    adapt, adaptation_curve, evaluate, evaluate_after, predict_after, InnerAdam, Rule, Sizes,
-};
+use crate::inner::{adapt, adaptation_methods, evaluate, InnerAdam, InnerAdapt, Rule, Sizes};
 use crate::state::{put_module, take_module};
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -15,9 +13,7 @@ use burn::tensor::backend::Backend;
 use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
-use metalearn_core::learner::{
-    check_finite, check_finite_model, AdaptationCurve, MetaLearner, StepStats,
-};
+use metalearn_core::learner::{check_finite, check_finite_model, MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
 use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
@@ -187,6 +183,29 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
     }
 }
 
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D> for Reptile<B, M, D> {
+    type Rule<'a>
+        = Rule<B>
+    where
+        Self: 'a;
+
+    fn start(&self) -> M::InnerModule {
+        self.model.valid()
+    }
+
+    fn inner_rule(&self) -> Self::Rule<'_> {
+        self.rule()
+    }
+
+    fn transductive(&self) -> bool {
+        self.config.transductive
+    }
+
+    fn device(&self) -> &B::Device {
+        &self.device
+    }
+}
+
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Reptile<B, M, D> {
     type Adapted = M::InnerModule;
 
@@ -234,56 +253,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         self.config.meta_batch_size
     }
 
-    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        adapt::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            &self.device,
-        )
-    }
-
-    fn adaptation_curve(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-    ) -> metalearn_core::Result<AdaptationCurve> {
-        adaptation_curve::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn evaluate(
-        &self,
-        episode: &EpisodeData,
-        steps: usize,
-    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
-        evaluate_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
-
-    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
-        predict_after::<B, M, D>(
-            self.model.valid(),
-            episode,
-            steps,
-            self.rule(),
-            self.config.transductive,
-            &self.device,
-        )
-    }
+    adaptation_methods!(B, M, D);
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Reptile<B, M, D> {

@@ -10,7 +10,7 @@
 //! `metalearn_eval::meta_test` gives accuracy ± CI over target tasks; sweeping the number of
 //! support examples per class gives the sample-efficiency curve.
 
-use crate::finetune::LinearHead;
+use crate::head::LinearHead;
 use crate::inner::AB;
 use crate::Result as UpdateResult;
 use burn::config::Config;
