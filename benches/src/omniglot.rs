@@ -73,8 +73,8 @@ impl Budget {
                 val_episodes: 10,
                 curve_points: 2,
                 timed_iterations: 1,
-                // 20-way gradient learners at 10 iterations added ~25 min (mostly 20-way test
-                // episodes) to a ~15 min run when measured: too slow for a smoke check.
+                // 20-way gradient learners (mostly their 20-way test episodes) cost more
+                // than the rest of a smoke check together, so --quick skips them.
                 twenty_way_gradient_learners: false,
                 twenty_way_fraction: 0.5,
             }
@@ -97,9 +97,8 @@ impl Budget {
             }
         } else {
             Self {
-                // Measured end to end on 2 CPU cores (flex, nothing else running): 54 min for
-                // the whole suite (20-way models at a quarter of the iterations, 100 test
-                // episodes per setting).
+                // Sized to finish in about an hour on 2 CPU cores (the measured time is in the
+                // README, "Omniglot"); 20-way models at a quarter of the iterations.
                 name: "default",
                 maml_iterations: 150,
                 meta_batch: 4,

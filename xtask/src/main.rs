@@ -4,6 +4,9 @@
 //!   benchmark suites (release build) and write reports under `target/bench/`;
 //!   `--suite speed --peers PYTHON` times our workloads and PyTorch's side by side.
 //! - `cargo xtask criterion`: run the criterion micro-benchmarks in `benches/`.
+//! - `cargo xtask tidy`: repository rules the compiler does not check (`tidy.rs`); CI runs it.
+
+mod tidy;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -24,6 +27,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check the repository rules: `#[ignore]` reasons, loud real-data skips, documented
+    /// public items, crate layering.
+    Tidy,
     /// Run the criterion micro-benchmarks.
     Criterion {
         /// Extra arguments for criterion (e.g. a filter).
@@ -69,6 +75,18 @@ fn main() -> Result<()> {
             }
             cmd.arg("--").args(&args);
             run(cmd)
+        }
+        Cmd::Tidy => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let problems = tidy::check(&root);
+            for p in &problems {
+                eprintln!("tidy: {p}");
+            }
+            if !problems.is_empty() {
+                bail!("{} tidy problem(s)", problems.len());
+            }
+            println!("tidy: ok");
+            Ok(())
         }
         Cmd::Criterion { args } => {
             let mut cmd = cargo();

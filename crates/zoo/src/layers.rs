@@ -4,7 +4,8 @@
 //! in a double backward ("Can't differentiate …"), so [`Dense`] is matmul + bias and
 //! [`max_pool2x2`] gathers the input at the argmax of burn's pooling kernel. burn's `nn::BatchNorm` broadcasts `[1, C, 1, 1]` over
 //! `[N, C, H, W]`, which misses burn-flex's fast path; [`batch_norm_train`] repeats per-channel
-//! statistics to `[N, C, 1, 1]` instead (measured ~3× faster for Conv4 forward + backward).
+//! statistics to `[N, C, 1, 1]` instead (faster for Conv4 forward + backward; the per-layer
+//! timings are in the speed suite's report, `cargo xtask bench --suite speed`).
 //!
 //! # The channel-major fast path (CPU)
 //!
@@ -185,9 +186,9 @@ pub fn conv2d_channel_major<B: Backend>(
 }
 
 /// Below this many input channels the channel-major convolution builds its im2col matrix from
-/// `k²` shifted slices (rows of `W` pixels) rather than a row `select` (rows of `C` values):
-/// measured on burn-flex for Conv4's first block (1 channel, 80 × 28 × 28), forward + backward
-/// ~17 ms vs ~25–30 ms.
+/// `k²` shifted slices (rows of `W` pixels) rather than a row `select` (rows of `C` values): the
+/// faster of the two for Conv4's first block (1 channel, 80 × 28 × 28) on burn-flex, forward +
+/// backward (chosen by measurement; the per-layer times are in the speed suite's report).
 const ROW_SELECT_MIN_CHANNELS: usize = 4;
 
 /// The channel-major convolution for few input channels: zero-pad, `k²` shifted slices
@@ -374,9 +375,9 @@ pub fn batch_norm_train<B: Backend>(
 ///
 /// On autodiff backends burn's pooling kernel finds the argmax on a detached copy; the values are
 /// then a `gather` of the input at those positions, whose backward (a scatter-add, itself
-/// differentiable) is what autodiff sees. Measured on burn-flex (80 × 64 × 28 × 28, forward +
-/// backward): ~2× faster than the reshape + `max_dim` formulation, whose backward is a general
-/// N-D scatter; the gather and its scatter-add run on 2-D views (burn-flex's fast path).
+/// differentiable) is what autodiff sees. On burn-flex this is faster than the reshape +
+/// `max_dim` formulation, whose backward is a general N-D scatter: the gather and its
+/// scatter-add run on 2-D views (burn-flex's fast path; times in the speed suite's report).
 /// Backends without autodiff (inference) take the pooling kernel's values directly.
 ///
 /// The branch is chosen by the *backend* (`B::ad_enabled(device)`), not by `x.is_require_grad()`:
