@@ -139,33 +139,26 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
                 *split_seed,
                 *image,
             )?;
-            let test_episode = NWayKShotConfig::new(e.ways, e.shots, e.queries);
-            let mut out = Vec::new();
-            for (name, folder, shape) in [
-                ("train", train, *episode),
-                ("val", val, *episode),
-                ("test", test, test_episode),
-            ] {
-                let classes = folder.names.len();
-                if classes < shape.ways {
-                    return Err(Error::Usage(format!(
-                        "{}: the {name} split has {classes} classes, fewer than the {} ways \
-                         of its episodes",
-                        path.display(),
-                        shape.ways
-                    )));
-                }
-                let tasks: Box<dyn TaskDistribution> = Box::new(
-                    NWayKShot::new(Arc::new(folder.classes), shape).map_err(|e| {
-                        Error::Usage(format!("{}: the {name} split: {e}", path.display()))
-                    })?,
-                );
-                out.push(tasks);
+            // Episodes of one split; NWayKShot's own errors (too few classes or images) get the
+            // folder and the split's name.
+            let episodes_of = |name: &str,
+                               folder: ImageFolder,
+                               shape: NWayKShotConfig|
+             -> Result<Box<dyn TaskDistribution>> {
+                let tasks = NWayKShot::new(Arc::new(folder.classes), shape).map_err(|e| {
+                    Error::Usage(format!("{}: the {name} split: {e}", path.display()))
+                })?;
+                Ok(Box::new(tasks))
+            };
+            Tasks {
+                train: episodes_of("train", train, *episode)?,
+                val: episodes_of("val", val, *episode)?,
+                test: episodes_of(
+                    "test",
+                    test,
+                    NWayKShotConfig::new(e.ways, e.shots, e.queries),
+                )?,
             }
-            let [train, val, test]: [Box<dyn TaskDistribution>; 3] = out
-                .try_into()
-                .map_err(|_| Error::Usage("three splits".into()))?;
-            Tasks { train, val, test }
         }
         TaskSpec::Dynamics(d) => {
             let mut test = d.clone();

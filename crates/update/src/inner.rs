@@ -165,18 +165,45 @@ impl<B: Backend> InnerUpdate<B> for Sizes<Tensor<B, 1>> {
 /// [`adaptation_methods!`] (one definition for MAML, Meta-SGD, MAML++ and Reptile).
 pub(crate) trait InnerAdapt<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     /// The inner rule of one adaptation.
-    type Rule<'a>: InnerUpdate<B>
-    where
-        Self: 'a;
+    type Rule: InnerUpdate<B>;
     /// θ, the start of every adaptation.
     fn start(&self) -> M::InnerModule;
     /// A fresh inner rule (step sizes, or Adam with fresh moments).
-    fn inner_rule(&self) -> Self::Rule<'_>;
+    fn inner_rule(&self) -> Self::Rule;
     /// Whether the query batch is evaluated in one pass.
     fn transductive(&self) -> bool;
     /// The device.
     fn device(&self) -> &B::Device;
 }
+
+/// [`InnerAdapt`] for a learner `$learner<B, M, D>` with the fields `model`, `config.transductive`
+/// and `device`, whose method `$make()` returns its inner rule of type `$rule`.
+macro_rules! impl_inner_adapt {
+    ($learner:ident, $rule:ty, $make:ident) => {
+        impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> $crate::inner::InnerAdapt<B, M, D>
+            for $learner<B, M, D>
+        {
+            type Rule = $rule;
+
+            fn start(&self) -> M::InnerModule {
+                self.model.valid()
+            }
+
+            fn inner_rule(&self) -> $rule {
+                self.$make()
+            }
+
+            fn transductive(&self) -> bool {
+                self.config.transductive
+            }
+
+            fn device(&self) -> &B::Device {
+                &self.device
+            }
+        }
+    };
+}
+pub(crate) use impl_inner_adapt;
 
 /// `MetaLearner`'s adaptation methods for a learner implementing [`InnerAdapt`]; used inside
 /// its `impl MetaLearner<D>` block: `adaptation_methods!(B, M, D);`.

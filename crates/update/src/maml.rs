@@ -13,8 +13,8 @@
 //! is applied to θ.
 
 use crate::inner::{
-    adapt, adaptation_methods, evaluate, guarded_step, meta_batch_gradient, BatchGradient,
-    InnerAdapt, Sizes, AB,
+    adapt, adaptation_methods, evaluate, guarded_step, impl_inner_adapt, meta_batch_gradient,
+    BatchGradient, Sizes, AB,
 };
 use crate::state::{model_optim_from, model_optim_state};
 use crate::Result as UpdateResult;
@@ -271,28 +271,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
     }
 }
 
-impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D> for Maml<B, M, D> {
-    type Rule<'a>
-        = Sizes<Tensor<B, 1>>
-    where
-        Self: 'a;
-
-    fn start(&self) -> M::InnerModule {
-        self.model.valid()
-    }
-
-    fn inner_rule(&self) -> Self::Rule<'_> {
-        self.sizes()
-    }
-
-    fn transductive(&self) -> bool {
-        self.config.transductive
-    }
-
-    fn device(&self) -> &B::Device {
-        &self.device
-    }
-}
+impl_inner_adapt!(Maml, Sizes<Tensor<B, 1>>, sizes);
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml<B, M, D> {
     type Adapted = M::InnerModule;

@@ -22,8 +22,8 @@
 //! against f64 finite differences in `tests/gradcheck_f64.rs`).
 
 use crate::inner::{
-    adaptation_methods, collect_grads, evaluate, group_mask, guarded_step, mean_grads, InnerAdapt,
-    InnerUpdate, AA, AB,
+    adaptation_methods, collect_grads, evaluate, group_mask, guarded_step, impl_inner_adapt,
+    mean_grads, InnerUpdate, AA, AB,
 };
 use crate::state::{put_module, put_optim, take_module, take_optim, OuterAdam};
 use crate::Result as UpdateResult;
@@ -201,14 +201,14 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Mam
 
 /// Step sizes for one adaptation on plain values: learned `[step][tensor]` (the last row for
 /// steps beyond those trained) or one `lr`, on the tensors `mask` marks.
-pub(crate) struct PerStep<'a> {
+pub(crate) struct PerStep {
     rates: Option<Vec<Vec<f64>>>,
     lr: f64,
-    mask: &'a [bool],
+    mask: Vec<bool>,
     calls: usize,
 }
 
-impl<Bk: Backend> InnerUpdate<Bk> for PerStep<'_> {
+impl<Bk: Backend> InnerUpdate<Bk> for PerStep {
     fn update(&mut self, i: usize, t: Tensor<Bk, 1>, g: Option<Tensor<Bk, 1>>) -> Tensor<Bk, 1> {
         let step = self.calls / self.mask.len().max(1);
         self.calls += 1;
@@ -284,11 +284,11 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
         &self.config
     }
 
-    fn rule(&self) -> PerStep<'_> {
+    fn rule(&self) -> PerStep {
         PerStep {
             rates: self.rates(),
             lr: self.config.inner_lr,
-            mask: &self.mask,
+            mask: self.mask.clone(),
             calls: 0,
         }
     }
@@ -471,30 +471,7 @@ fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     })
 }
 
-impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D>
-    for MamlPlusPlus<B, M, D>
-{
-    type Rule<'a>
-        = PerStep<'a>
-    where
-        Self: 'a;
-
-    fn start(&self) -> M::InnerModule {
-        self.model.valid()
-    }
-
-    fn inner_rule(&self) -> Self::Rule<'_> {
-        self.rule()
-    }
-
-    fn transductive(&self) -> bool {
-        self.config.transductive
-    }
-
-    fn device(&self) -> &B::Device {
-        &self.device
-    }
-}
+impl_inner_adapt!(MamlPlusPlus, PerStep, rule);
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for MamlPlusPlus<B, M, D> {
     type Adapted = M::InnerModule;

@@ -3,7 +3,9 @@
 //! `φ = θ − α ⊙ ∇L_support(θ)`, with θ and α both meta-learned by Adam through the same exact
 //! second-order machinery as [`Maml`](crate::Maml).
 
-use crate::inner::{adaptation_methods, guarded_step, meta_batch_gradient, InnerAdapt, Sizes, AB};
+use crate::inner::{
+    adaptation_methods, guarded_step, impl_inner_adapt, meta_batch_gradient, Sizes, AB,
+};
 use crate::maml::MamlConfig;
 use crate::state::{put_module, put_optim, take_module, take_optim};
 use crate::Result as UpdateResult;
@@ -126,28 +128,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaSgd<B, M, D> {
     }
 }
 
-impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D> for MetaSgd<B, M, D> {
-    type Rule<'a>
-        = Sizes<Tensor<B, 1>>
-    where
-        Self: 'a;
-
-    fn start(&self) -> M::InnerModule {
-        self.model.valid()
-    }
-
-    fn inner_rule(&self) -> Self::Rule<'_> {
-        self.sizes()
-    }
-
-    fn transductive(&self) -> bool {
-        self.config.transductive
-    }
-
-    fn device(&self) -> &B::Device {
-        &self.device
-    }
-}
+impl_inner_adapt!(MetaSgd, Sizes<Tensor<B, 1>>, sizes);
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for MetaSgd<B, M, D> {
     type Adapted = M::InnerModule;

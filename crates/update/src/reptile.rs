@@ -5,7 +5,7 @@
 //! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
 //! after adaptation. At test time only the support set is used.
 
-use crate::inner::{adapt, adaptation_methods, evaluate, InnerAdam, InnerAdapt, Rule, Sizes};
+use crate::inner::{adapt, adaptation_methods, evaluate, impl_inner_adapt, InnerAdam, Rule, Sizes};
 use crate::state::{put_module, take_module};
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -183,28 +183,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
     }
 }
 
-impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D> for Reptile<B, M, D> {
-    type Rule<'a>
-        = Rule<B>
-    where
-        Self: 'a;
-
-    fn start(&self) -> M::InnerModule {
-        self.model.valid()
-    }
-
-    fn inner_rule(&self) -> Self::Rule<'_> {
-        self.rule()
-    }
-
-    fn transductive(&self) -> bool {
-        self.config.transductive
-    }
-
-    fn device(&self) -> &B::Device {
-        &self.device
-    }
-}
+impl_inner_adapt!(Reptile, Rule<B>, rule);
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Reptile<B, M, D> {
     type Adapted = M::InnerModule;
