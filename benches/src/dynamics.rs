@@ -490,7 +490,7 @@ fn omniglot_analysis<B: Backend>(
     root: &SeedStream,
 ) -> Result<(Vec<LayerRow>, Vec<(String, Summary)>)> {
     let omniglot = Arc::new(
-        Omniglot::load(None, &OmniglotConfig::default())
+        Omniglot::load(None, &OmniglotConfig::new())
             .context("loading Omniglot (set METALEARN_DATA to a folder holding omniglot/)")?,
     );
     let (mut background, evaluation) = omniglot.lake_split();
@@ -611,7 +611,7 @@ fn plots(r: &Results, dir: &Path) -> Result<()> {
         &dir.join("sample_efficiency.svg"),
         "Pendulum vector field: MSE after 10 adaptation steps vs. observed states K",
         "K (observed states)",
-        "query MSE (log)",
+        "query MSE",
         &se,
         true,
     )?;
@@ -632,7 +632,7 @@ fn plots(r: &Results, dir: &Path) -> Result<()> {
         &dir.join("online_adaptation.svg"),
         "Drifting pendulum: vector-field MSE after 5 steps on each window",
         "window",
-        "query MSE (log)",
+        "query MSE",
         &on,
         true,
     )?;

@@ -124,7 +124,7 @@ fn strategies(space: &SearchSpace, seed: u64, population: usize) -> Result<Vec<B
             space.clone(),
             ReinforceConfig {
                 learning_rate: 0.1,
-                ..ReinforceConfig::default()
+                ..ReinforceConfig::new()
             },
             seed,
         )?),
@@ -266,7 +266,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
             query: 5,
             iterations: budget.meta_iterations,
             validation_episodes: budget.meta_validation_episodes,
-            ..MetaObjectiveConfig::default()
+            ..MetaObjectiveConfig::new()
         },
     )?;
     // Journals of this run (a run killed midway resumes from them with `metalearn_search`; the

@@ -217,7 +217,7 @@ fn plots(r: &Results, dir: &Path) -> Result<()> {
         &dir.join("learning_curve.svg"),
         "Sinusoid meta-training: post-adaptation query MSE (mean of 50 iterations)",
         "meta-iteration",
-        "meta-loss",
+        "query MSE after adaptation",
         &lc,
         true,
     )?;

@@ -253,13 +253,28 @@ fn workloads<'a, B: Backend>(
                 .with_meta_batch_size(mb)
                 .with_second_order(second_order)
                 .with_threads(threads);
-            let mut maml = Maml::new(config, conv4_model::<B>(ConvPath::Auto)?, device.clone())?;
+            let mut maml = Maml::new(
+                config.clone(),
+                conv4_model::<B>(ConvPath::Auto)?,
+                device.clone(),
+            )?;
             let order = if second_order { "maml2" } else { "fomaml" };
             out.push(Workload {
                 name: format!("conv4_5w1s/{order}_mb{mb}"),
                 gflop: None,
                 work: Box::new(move || {
                     maml.meta_step(batch)?;
+                    Ok(())
+                }),
+            });
+            // The same meta-gradient with the meta-batch as one stacked computation.
+            let mut batched =
+                BatchedMaml::new(config, conv4_model::<B>(ConvPath::Auto)?, device.clone())?;
+            out.push(Workload {
+                name: format!("conv4_5w1s/{order}_mb{mb}/task_batched"),
+                gflop: None,
+                work: Box::new(move || {
+                    batched.meta_step(batch)?;
                     Ok(())
                 }),
             });

@@ -16,7 +16,7 @@
 //! instead of panicking.
 
 use crate::episode::EpisodeData;
-use crate::learner::{MetaLearner, StepMetrics, StepStats};
+use crate::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use crate::{Error, Result};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
@@ -241,6 +241,8 @@ pub trait AnyLearner: Checkpoint + Send + Sync {
     fn meta_batch_size(&self) -> usize;
     /// Query metrics after `steps` adaptation steps ([`MetaLearner::evaluate`]).
     fn evaluate(&self, episode: &EpisodeData, steps: usize) -> Result<StepMetrics>;
+    /// Query metrics after 0..=`steps` adaptation steps ([`MetaLearner::adaptation_curve`]).
+    fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> Result<AdaptationCurve>;
     /// Query outputs after `steps` adaptation steps ([`MetaLearner::predict`]).
     fn predict(&self, episode: &EpisodeData, steps: usize) -> Result<Vec<f32>>;
 }
@@ -289,6 +291,9 @@ where
     }
     fn evaluate(&self, episode: &EpisodeData, steps: usize) -> Result<StepMetrics> {
         self.0.evaluate(episode, steps)
+    }
+    fn adaptation_curve(&self, episode: &EpisodeData, steps: usize) -> Result<AdaptationCurve> {
+        self.0.adaptation_curve(episode, steps)
     }
     fn predict(&self, episode: &EpisodeData, steps: usize) -> Result<Vec<f32>> {
         self.0.predict(episode, steps)

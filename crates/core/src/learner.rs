@@ -18,6 +18,57 @@ pub struct StepStats {
     pub meta_accuracy: Option<f64>,
 }
 
+/// One meta-iteration as [`MetaLearner::meta_train`] reports it: the learner's
+/// [`StepStats`] (also reachable through `Deref`: `step.meta_loss`) and the timing a progress
+/// bar or log line needs (rate, ETA).
+///
+/// Timing is wall time, so it differs between runs; compare [`stats`](Self::stats) when
+/// checking that two runs computed the same thing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainStep {
+    /// What the meta-iteration did.
+    pub stats: StepStats,
+    /// Iterations done in this `meta_train` call, this one included (1-based).
+    pub done: usize,
+    /// Iterations asked of this call (`usize::MAX`: until the callback stops it).
+    pub total: usize,
+    /// Wall seconds of this iteration (sampling the episodes and the meta-step).
+    pub seconds: f64,
+    /// Wall seconds since the call began.
+    pub elapsed: f64,
+}
+
+impl TrainStep {
+    /// Mean meta-iterations per second of this call so far.
+    pub fn iterations_per_second(&self) -> f64 {
+        if self.elapsed > 0.0 {
+            self.done as f64 / self.elapsed
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Seconds left at the mean rate so far; `None` for an open-ended call
+    /// (`total == usize::MAX`).
+    pub fn eta_seconds(&self) -> Option<f64> {
+        (self.total != usize::MAX).then(|| {
+            let left = self.total.saturating_sub(self.done) as f64;
+            if left == 0.0 {
+                0.0
+            } else {
+                left / self.iterations_per_second()
+            }
+        })
+    }
+}
+
+impl std::ops::Deref for TrainStep {
+    type Target = StepStats;
+    fn deref(&self) -> &StepStats {
+        &self.stats
+    }
+}
+
 /// Query loss (and accuracy) after a given number of adaptation steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -76,25 +127,34 @@ pub trait MetaLearner<const D: usize> {
     /// The episodes of iteration `i` are drawn with seeds `seed.child(i).child(j)`, so a run is
     /// reproducible and independent of how many threads evaluate the tasks (`i` counts this
     /// call's iterations; the [`StepStats::iteration`] it reports is the learner's global
-    /// counter). `on_step` sees each
-    /// iteration's statistics (progress bars, learning curves, early stopping by returning `false`).
+    /// counter). `on_step` sees each iteration's statistics and timing ([`TrainStep`]: elapsed
+    /// time, iterations per second, ETA) for progress bars, learning curves and early stopping
+    /// (return `false` to stop); the same records are returned as the history.
     fn meta_train(
         &mut self,
         tasks: &dyn TaskDistribution,
         iterations: usize,
         seed: SeedStream,
-        on_step: &mut dyn FnMut(&StepStats) -> bool,
-    ) -> Result<Vec<StepStats>> {
+        on_step: &mut dyn FnMut(&TrainStep) -> bool,
+    ) -> Result<Vec<TrainStep>> {
         // No `with_capacity(iterations)`: "run until the callback says stop" passes `usize::MAX`.
         let mut history = Vec::new();
+        let start = std::time::Instant::now();
         for i in 0..iterations {
+            let t0 = std::time::Instant::now();
             let it = seed.child(i as u64);
             let batch = (0..self.meta_batch_size())
                 .map(|j| tasks.sample(it.child(j as u64).seed()))
                 .collect::<Result<Vec<_>>>()?;
-            let stats = self.meta_step(&batch)?;
-            history.push(stats);
-            if !on_step(&stats) {
+            let step = TrainStep {
+                stats: self.meta_step(&batch)?,
+                done: i + 1,
+                total: iterations,
+                seconds: t0.elapsed().as_secs_f64(),
+                elapsed: start.elapsed().as_secs_f64(),
+            };
+            history.push(step);
+            if !on_step(&step) {
                 break;
             }
         }

@@ -39,7 +39,7 @@ pub mod stats;
 pub use checkpoint::{AnyLearner, Checkpoint, DynLearner, LearnerState};
 pub use episode::{Batch, Episode, TaskDistribution, TaskKind};
 pub use error::{Error, Result};
-pub use learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
+pub use learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats, TrainStep};
 pub use model::{
     BatchedMetaTrainable, EmbeddingModule, MetaModule, MetaTrainable, TaskBatchedModule,
 };

@@ -67,13 +67,15 @@ fn example_shape(episode: &crate::episode::EpisodeData, rank: usize) -> crate::R
 
 /// A model that can run `T` tasks at once with per-task ("fast") weights stacked along a leading
 /// task dimension — what `torch.func.vmap` gives in PyTorch. Learners use it as a fast path for
-/// small models, where one batched 3-D matmul beats `T` tiny ones.
+/// small per-task problems, where one batched matmul beats `T` tiny ones.
 ///
 /// `params[i]` is parameter `i` of the module (in [`Module::visit`] order), flattened and stacked
-/// over tasks: `[T, numel_i]`. `inputs` is `[T, n, features]`; the result is `[T, n, outputs]`.
-/// The module itself only supplies the architecture (shapes); its own parameter values are not
-/// used.
-pub trait TaskBatchedModule<B: Backend>: MetaModule<B, 2> {
+/// over tasks: `[T, numel_i]`. `inputs` is `[T, n, features]`, each example flattened row-major
+/// (rank-`D` episodes: an image `[C, H, W]` becomes `C·H·W` features); the result is
+/// `[T, n, outputs]`. Whatever normalises over a batch (batch norm) does so per task. The module
+/// itself only supplies the architecture (shapes); its own parameter values are not used.
+/// `D` is the rank of the episodes' inputs, as in [`MetaModule`] (2 unless said otherwise).
+pub trait TaskBatchedModule<B: Backend, const D: usize = 2>: MetaModule<B, D> {
     /// Forward `T` tasks with stacked fast weights.
     fn forward_tasks(&self, params: &[Tensor<B, 2>], inputs: Tensor<B, 3>) -> Tensor<B, 3>;
 }
@@ -100,18 +102,22 @@ impl<B: Backend, const D: usize, T> MetaTrainable<B, D> for T where
 }
 
 /// [`MetaTrainable`] plus the task-batched fast path on both autodiff levels.
-pub trait BatchedMetaTrainable<B: Backend>: MetaTrainable<B, 2>
-    + TaskBatchedModule<Autodiff<B>>
-    + HasAutodiffModule<Autodiff<Autodiff<B>>, TrainModule: TaskBatchedModule<Autodiff<Autodiff<B>>>>
+pub trait BatchedMetaTrainable<B: Backend, const D: usize = 2>:
+    MetaTrainable<B, D>
+    + TaskBatchedModule<Autodiff<B>, D>
+    + HasAutodiffModule<
+        Autodiff<Autodiff<B>>,
+        TrainModule: TaskBatchedModule<Autodiff<Autodiff<B>>, D>,
+    >
 {
 }
 
-impl<B: Backend, T> BatchedMetaTrainable<B> for T where
-    T: MetaTrainable<B, 2>
-        + TaskBatchedModule<Autodiff<B>>
+impl<B: Backend, T, const D: usize> BatchedMetaTrainable<B, D> for T where
+    T: MetaTrainable<B, D>
+        + TaskBatchedModule<Autodiff<B>, D>
         + HasAutodiffModule<
             Autodiff<Autodiff<B>>,
-            TrainModule: TaskBatchedModule<Autodiff<Autodiff<B>>>,
+            TrainModule: TaskBatchedModule<Autodiff<Autodiff<B>>, D>,
         >
 {
 }

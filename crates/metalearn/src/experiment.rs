@@ -845,11 +845,10 @@ fn parse_folder(cx: &Ctx<'_>, t: &Table) -> Result<(TaskSpec, Table, usize)> {
             val_fraction: f.val_fraction,
             test_fraction: f.test_fraction,
             split_seed: f.split_seed,
-            image: ImageFolderConfig {
-                size: f.image_size,
-                grayscale: f.grayscale,
-                invert: f.invert,
-            },
+            image: ImageFolderConfig::new()
+                .with_size(f.image_size)
+                .with_grayscale(f.grayscale)
+                .with_invert(f.invert),
             episode,
         },
         table,

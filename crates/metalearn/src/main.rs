@@ -58,6 +58,9 @@ enum Command {
         /// Adaptation steps.
         #[arg(long)]
         steps: Option<usize>,
+        /// Also print the steps curve: the same episodes scored after 0, 1, …, steps steps.
+        #[arg(long)]
+        curve: bool,
         /// Print JSON instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -144,6 +147,7 @@ fn run(cli: Cli) -> metalearn::Result<()> {
             ways,
             shots,
             steps,
+            curve,
             json,
         } => {
             let r = eval(
@@ -153,12 +157,14 @@ fn run(cli: Cli) -> metalearn::Result<()> {
                     ways,
                     shots,
                     steps,
+                    curve,
                 },
             )?;
             if json {
                 println!("{}", to_json(&r)?);
             } else {
                 println!("{}", r.line());
+                print!("{}", r.curve_table());
             }
             Ok(())
         }

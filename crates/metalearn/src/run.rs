@@ -18,7 +18,8 @@ use metalearn_tasks::{
     NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig, Sinusoid,
 };
 use metalearn_train::{
-    evaluate, load_best, write_report, Progress, RunDir, TrainSummary, Trainer, Validation,
+    evaluate, evaluate_curve, load_best, write_report, Progress, RunDir, TrainSummary, Trainer,
+    Validation,
 };
 use metalearn_update::{Maml, MamlPlusPlus, MetaSgd, ProtoNet, Reptile};
 use rand::seq::SliceRandom;
@@ -48,10 +49,7 @@ pub fn omniglot_classes(
     rotations: bool,
     image_size: usize,
 ) -> Result<[Arc<OmniglotClasses>; 3]> {
-    let config = OmniglotConfig {
-        image_size,
-        ..OmniglotConfig::default()
-    };
+    let config = OmniglotConfig::new().with_image_size(image_size);
     Ok(Arc::new(Omniglot::load(None, &config)?).split(split, rotations))
 }
 
@@ -239,6 +237,23 @@ pub struct EvalOverrides {
     pub shots: Option<usize>,
     /// Adaptation steps.
     pub steps: Option<usize>,
+    /// Also measure the steps curve: accuracy and loss after 0, 1, …, `steps` steps.
+    pub curve: bool,
+}
+
+/// The test metrics after a number of adaptation steps (one point of the steps curve).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Adaptation steps.
+    pub steps: usize,
+    /// Mean accuracy (classification).
+    pub accuracy: Option<f64>,
+    /// Its 95% CI half-width.
+    pub accuracy_ci95: Option<f64>,
+    /// Mean query loss.
+    pub loss: f64,
+    /// Its 95% CI half-width.
+    pub loss_ci95: f64,
 }
 
 /// What `metalearn eval` measured.
@@ -268,6 +283,10 @@ pub struct EvalReport {
     pub loss: f64,
     /// Its 95% CI half-width.
     pub loss_ci95: f64,
+    /// The steps curve (with `--curve`; empty otherwise): the same episodes scored after
+    /// 0, 1, …, `steps` adaptation steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<CurvePoint>,
 }
 
 /// Evaluate the best model of the run in `dir` on the meta-test tasks (episodes drawn from the
@@ -288,7 +307,12 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
     let mut learner = with_backend!(exp.backend, B => learner::<B>(&exp))?;
     let run = RunDir::new(dir);
     let validation = load_best(&run, learner.as_mut())?;
-    let curve: StepsCurve = evaluate(
+    let measure = if overrides.curve {
+        evaluate_curve
+    } else {
+        evaluate
+    };
+    let curve: StepsCurve = measure(
         learner.as_ref(),
         tasks.test.as_ref(),
         exp.eval.episodes,
@@ -312,10 +336,41 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
         accuracy_ci95: p.accuracy.map(|a| a.ci95),
         loss: p.loss.mean,
         loss_ci95: p.loss.ci95,
+        curve: if overrides.curve {
+            curve
+                .points
+                .iter()
+                .map(|q| CurvePoint {
+                    steps: q.steps,
+                    accuracy: q.accuracy.map(|a| a.mean),
+                    accuracy_ci95: q.accuracy.map(|a| a.ci95),
+                    loss: q.loss.mean,
+                    loss_ci95: q.loss.ci95,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 
 impl EvalReport {
+    /// The steps curve as a table, one row per number of steps (empty without `--curve`).
+    pub fn curve_table(&self) -> String {
+        let mut out = String::new();
+        for q in &self.curve {
+            let score = match (q.accuracy, q.accuracy_ci95) {
+                (Some(a), Some(c)) => format!("accuracy {:6.2} ± {:.2}%, ", 100.0 * a, 100.0 * c),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "  after {:>3} steps: {score}loss {:.4} ± {:.4}\n",
+                q.steps, q.loss, q.loss_ci95
+            ));
+        }
+        out
+    }
+
     /// One line: `MAML, Omniglot 5-way 1-shot: 97.10 ± 0.52% (5-way 1-shot, 600 episodes, 3 steps)`.
     pub fn line(&self) -> String {
         let score = match (self.accuracy, self.accuracy_ci95) {
@@ -353,11 +408,10 @@ pub struct Prediction {
 fn image_config(exp: &Experiment) -> Result<ImageFolderConfig> {
     match &exp.task {
         // Omniglot: grayscale, ink = 1 (dark ink on light paper is inverted), area-resized.
-        TaskSpec::Omniglot { image_size, .. } => Ok(ImageFolderConfig {
-            size: *image_size,
-            grayscale: true,
-            invert: true,
-        }),
+        TaskSpec::Omniglot { image_size, .. } => Ok(ImageFolderConfig::new()
+            .with_size(*image_size)
+            .with_grayscale(true)
+            .with_invert(true)),
         TaskSpec::Folder { image, .. } => Ok(*image),
         TaskSpec::Sinusoid(_) | TaskSpec::Dynamics(_) => Err(Error::Usage(
             "`adapt` takes a run trained on images (this one is a regression task)".into(),

@@ -164,7 +164,7 @@ impl SearchFile {
                 cx.overlay("strategy", &Table::new(), st, &["kind"])?.1,
             ),
             "reinforce" => {
-                let (c, t) = cx.overlay("strategy", &ReinforceConfig::default(), st, &["kind"])?;
+                let (c, t) = cx.overlay("strategy", &ReinforceConfig::new(), st, &["kind"])?;
                 (StrategySpec::Reinforce(c), t)
             }
             "evolution" => {
@@ -210,7 +210,7 @@ impl SearchFile {
             }
         };
         let (objective, mut ob_table): (MetaObjectiveConfig, _) =
-            cx.overlay("objective", &MetaObjectiveConfig::default(), ob, &["split"])?;
+            cx.overlay("objective", &MetaObjectiveConfig::new(), ob, &["split"])?;
         for (k, v) in [
             ("ways", objective.ways),
             ("shots", objective.shots),

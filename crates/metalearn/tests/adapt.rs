@@ -190,11 +190,10 @@ queries = 5
         "5-way 1-shot accuracy {acc} on the folder's test classes"
     );
     // The split is by whole classes: disjoint, covering every folder (40 = 22 + 8 + 10).
-    let image = metalearn::tasks::ImageFolderConfig {
-        size: 28,
-        grayscale: true,
-        invert: true,
-    };
+    let image = metalearn::tasks::ImageFolderConfig::new()
+        .with_size(28)
+        .with_grayscale(true)
+        .with_invert(true);
     let splits =
         metalearn::run::folder_classes(&images, FolderSplit::Random, (0.2, 0.25), 0, image)
             .unwrap();

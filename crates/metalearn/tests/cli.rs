@@ -429,6 +429,25 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
     // Meta-training helped: the meta-learned init adapts better than chance level (a sine's
     // mean square is A²/2 ≈ 4.3 for A ~ U[0.1, 5]).
     assert!(r.loss < 2.0, "{r:?}");
+    // --curve scores the same episodes after 0..=steps steps: its last point is the number
+    // above, and adapting helps (the meta-learned init alone does not fit a new sine).
+    let c = eval(
+        &killed,
+        EvalOverrides {
+            episodes: Some(20),
+            curve: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.curve.len(), r.steps + 1, "{:?}", c.curve);
+    let last = c.curve.last().unwrap();
+    assert!(
+        (last.loss - r.loss).abs() <= 1e-6 * r.loss.abs().max(1.0),
+        "{last:?} vs {r:?}"
+    );
+    assert!(c.curve[0].loss > last.loss, "{:?}", c.curve);
+    assert_eq!(c.curve_table().lines().count(), r.steps + 1);
     std::fs::remove_dir_all(&root).unwrap();
 }
 

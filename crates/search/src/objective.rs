@@ -63,8 +63,10 @@ pub struct MetaObjectiveConfig {
     pub input_size: usize,
 }
 
-impl Default for MetaObjectiveConfig {
-    fn default() -> Self {
+impl MetaObjectiveConfig {
+    /// ProtoNet, 5-way 1-shot with 5 queries per class, 50 iterations per candidate, 20
+    /// validation episodes (seed 12345), 28×28 images; change a field with the `with_*` methods.
+    pub fn new() -> Self {
         Self {
             method: MetaMethod::ProtoNet,
             ways: 5,
@@ -75,6 +77,42 @@ impl Default for MetaObjectiveConfig {
             validation_seed: 12345,
             input_size: 28,
         }
+    }
+
+    /// The meta-learner.
+    pub fn with_method(mut self, method: MetaMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// Ways, shots and query examples per class of the episodes.
+    pub fn with_episode(mut self, ways: usize, shots: usize, query: usize) -> Self {
+        (self.ways, self.shots, self.query) = (ways, shots, query);
+        self
+    }
+
+    /// Meta-training iterations per candidate.
+    pub fn with_iterations(mut self, iterations: usize) -> Self {
+        self.iterations = iterations;
+        self
+    }
+
+    /// Validation episodes per candidate and their seed.
+    pub fn with_validation(mut self, episodes: usize, seed: u64) -> Self {
+        (self.validation_episodes, self.validation_seed) = (episodes, seed);
+        self
+    }
+
+    /// Image side.
+    pub fn with_input_size(mut self, input_size: usize) -> Self {
+        self.input_size = input_size;
+        self
+    }
+}
+
+impl Default for MetaObjectiveConfig {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -223,13 +223,39 @@ pub struct ReinforceConfig {
     pub baseline_decay: f64,
 }
 
-impl Default for ReinforceConfig {
-    fn default() -> Self {
+impl ReinforceConfig {
+    /// Learning rate 0.05, entropy bonus 1e-3, baseline decay 0.9; change a field with the
+    /// `with_*` methods.
+    pub fn new() -> Self {
         Self {
             learning_rate: 0.05,
             entropy_bonus: 1e-3,
             baseline_decay: 0.9,
         }
+    }
+
+    /// Adam learning rate of the controller.
+    pub fn with_learning_rate(mut self, learning_rate: f64) -> Self {
+        self.learning_rate = learning_rate;
+        self
+    }
+
+    /// Entropy bonus β.
+    pub fn with_entropy_bonus(mut self, entropy_bonus: f64) -> Self {
+        self.entropy_bonus = entropy_bonus;
+        self
+    }
+
+    /// Decay of the reward baseline's moving average.
+    pub fn with_baseline_decay(mut self, baseline_decay: f64) -> Self {
+        self.baseline_decay = baseline_decay;
+        self
+    }
+}
+
+impl Default for ReinforceConfig {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -55,7 +55,7 @@ fn nan_choices_empty_names_and_infinite_bonuses_are_rejected() {
     for bonus in [f64::INFINITY, f64::NAN, -1.0] {
         let cfg = ReinforceConfig {
             entropy_bonus: bonus,
-            ..ReinforceConfig::default()
+            ..ReinforceConfig::new()
         };
         assert!(matches!(
             Reinforce::<CpuController>::new(space.clone(), cfg, 0),
@@ -171,7 +171,7 @@ fn diverging_candidates_get_a_failing_score_and_the_search_goes_on() {
         Box::new(RandomSearch::new(space.clone(), 1)),
         Box::new(RegularizedEvolution::new(space.clone(), 4, 2, 1).unwrap()),
         Box::new(
-            Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 1).unwrap(),
+            Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::new(), 1).unwrap(),
         ),
     ];
     for mut s in strategies {
@@ -269,8 +269,7 @@ fn reinforce_search(
     slow: bool,
 ) -> metalearn_search::SearchResult {
     let space = small_space();
-    let mut s =
-        Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 11).unwrap();
+    let mut s = Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::new(), 11).unwrap();
     let f = |sp: &SearchSpace, a: &Architecture, seed: u64| {
         if slow {
             std::thread::sleep(Duration::from_millis(40));

@@ -105,7 +105,7 @@ fn reinforce_raises_the_probability_of_a_rewarded_choice() {
         "[[decisions]]\nname = \"a\"\nchoices = [0, 1, 2]\n[[decisions]]\nname = \"b\"\nchoices = [0, 1]",
     )
     .unwrap();
-    let mut rl = Reinforce::<CpuController>::new(space, ReinforceConfig::default(), 3).unwrap();
+    let mut rl = Reinforce::<CpuController>::new(space, ReinforceConfig::new(), 3).unwrap();
     let before = rl.probabilities(&[], 0)[2];
     assert!((before - 1.0 / 3.0).abs() < 1e-6);
     for _ in 0..60 {
@@ -174,7 +174,7 @@ fn evolution_and_reinforce_beat_random_on_a_synthetic_landscape() {
                 space.clone(),
                 ReinforceConfig {
                     learning_rate: 0.1,
-                    ..ReinforceConfig::default()
+                    ..ReinforceConfig::new()
                 },
                 s,
             )
@@ -211,7 +211,7 @@ fn strategies_are_deterministic_given_a_seed() {
     // parallel rounds: the same result whatever the thread scheduling
     let par = |threads| {
         let mut s =
-            Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 2).unwrap();
+            Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::new(), 2).unwrap();
         run_search(
             &space,
             &mut s,
@@ -244,7 +244,7 @@ fn a_crashed_search_resumes_from_its_journal_to_the_same_result() {
                 Box::new(RegularizedEvolution::new(space.clone(), 6, 2, 9).unwrap())
             } else {
                 Box::new(
-                    Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::default(), 9)
+                    Reinforce::<CpuController>::new(space.clone(), ReinforceConfig::new(), 9)
                         .unwrap(),
                 )
             }
@@ -327,7 +327,7 @@ fn meta_objective_scores_a_candidate_by_few_shot_accuracy() {
                 iterations: 3,
                 validation_episodes: 4,
                 input_size: 16,
-                ..MetaObjectiveConfig::default()
+                ..MetaObjectiveConfig::new()
             },
         )
         .unwrap();
@@ -342,7 +342,7 @@ fn meta_objective_scores_a_candidate_by_few_shot_accuracy() {
         val,
         MetaObjectiveConfig {
             ways: 4,
-            ..MetaObjectiveConfig::default()
+            ..MetaObjectiveConfig::new()
         },
     );
     assert!(bad.is_err());

@@ -23,13 +23,39 @@ pub struct ImageFolderConfig {
     pub invert: bool,
 }
 
-impl Default for ImageFolderConfig {
-    fn default() -> Self {
+impl ImageFolderConfig {
+    /// The defaults of the table above (84×84 RGB), burn-style: change a field with the
+    /// `with_*` methods.
+    pub fn new() -> Self {
         Self {
             size: 84,
             grayscale: false,
             invert: false,
         }
+    }
+
+    /// Output height = width.
+    pub fn with_size(mut self, size: usize) -> Self {
+        self.size = size;
+        self
+    }
+
+    /// Luminance only.
+    pub fn with_grayscale(mut self, grayscale: bool) -> Self {
+        self.grayscale = grayscale;
+        self
+    }
+
+    /// Invert values.
+    pub fn with_invert(mut self, invert: bool) -> Self {
+        self.invert = invert;
+        self
+    }
+}
+
+impl Default for ImageFolderConfig {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -136,14 +136,46 @@ pub struct OmniglotConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
-impl Default for OmniglotConfig {
-    fn default() -> Self {
+impl OmniglotConfig {
+    /// The defaults of the table above (28×28, both zips, cached), burn-style: change a field
+    /// with the `with_*` methods.
+    pub fn new() -> Self {
         Self {
             image_size: 28,
             zips: vec![ZipSpec::background(), ZipSpec::evaluation()],
             cache: true,
             cache_dir: None,
         }
+    }
+
+    /// Output height = width.
+    pub fn with_image_size(mut self, image_size: usize) -> Self {
+        self.image_size = image_size;
+        self
+    }
+
+    /// Archives to read, in order.
+    pub fn with_zips(mut self, zips: Vec<ZipSpec>) -> Self {
+        self.zips = zips;
+        self
+    }
+
+    /// Read and write the preprocessed cache.
+    pub fn with_cache(mut self, cache: bool) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Keep the cache in `dir`.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+}
+
+impl Default for OmniglotConfig {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

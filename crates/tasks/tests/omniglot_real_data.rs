@@ -19,7 +19,7 @@ fn load() -> Option<Arc<Omniglot>> {
     };
     let dir = std::path::PathBuf::from(dir);
     Some(Arc::new(
-        Omniglot::load(Some(&dir), &OmniglotConfig::default()).unwrap(),
+        Omniglot::load(Some(&dir), &OmniglotConfig::new()).unwrap(),
     ))
 }
 
@@ -93,6 +93,6 @@ fn real_omniglot_counts_pixels_splits_and_rotations() {
     assert_eq!(ep.query.input_shape, vec![300, 1, 28, 28]);
 
     // The cache makes later loads fast and identical.
-    let again = Omniglot::load(None, &OmniglotConfig::default()).unwrap();
+    let again = Omniglot::load(None, &OmniglotConfig::new()).unwrap();
     assert_eq!(again.image(7, 7), o.image(7, 7));
 }

@@ -57,6 +57,6 @@ pub use error::{Error, Result};
 pub use progress::{format_duration, Progress};
 pub use report::write_report;
 pub use trainer::{
-    evaluate, load_best, read_state, RunDir, TrainSummary, Trainer, TrainerConfig, TrainerState,
-    Validation,
+    evaluate, evaluate_curve, load_best, read_state, RunDir, TrainSummary, Trainer, TrainerConfig,
+    TrainerState, Validation,
 };

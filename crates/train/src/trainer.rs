@@ -6,9 +6,10 @@ use crate::metrics::{Metric, MetricsLog, Record};
 use crate::progress::Progress;
 use crate::Error;
 use burn::config::Config;
+use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::ensure_nonzero;
 use metalearn_core::parallel::TaskPool;
-use metalearn_core::{AnyLearner, LearnerState, SeedStream, TaskDistribution};
+use metalearn_core::{AdaptationCurve, AnyLearner, LearnerState, SeedStream, TaskDistribution};
 use metalearn_eval::StepsCurve;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -180,12 +181,34 @@ pub fn evaluate(
     steps: usize,
     seed: SeedStream,
 ) -> crate::Result<StepsCurve> {
+    over_episodes(tasks, n, seed, |ep| Ok(vec![learner.evaluate(ep, steps)?]))
+}
+
+/// Like [`evaluate`], but the query metrics after every number of adaptation steps from 0 to
+/// `steps` (the steps curve: does accuracy keep rising with more steps, or does adaptation
+/// overshoot?).
+pub fn evaluate_curve(
+    learner: &dyn AnyLearner,
+    tasks: &dyn TaskDistribution,
+    n: usize,
+    steps: usize,
+    seed: SeedStream,
+) -> crate::Result<StepsCurve> {
+    over_episodes(tasks, n, seed, |ep| learner.adaptation_curve(ep, steps))
+}
+
+/// `score` on `n` episodes drawn with seeds `seed.child(0..n)`, in parallel, gathered in order.
+fn over_episodes(
+    tasks: &dyn TaskDistribution,
+    n: usize,
+    seed: SeedStream,
+    score: impl Fn(&EpisodeData) -> metalearn_core::Result<AdaptationCurve> + Sync,
+) -> crate::Result<StepsCurve> {
     ensure_nonzero("episodes", n)?;
-    let points = TaskPool::default().map((0..n).collect(), |_, i| {
-        let ep = tasks.sample(seed.child(i as u64).seed())?;
-        Ok(vec![learner.evaluate(&ep, steps)?])
+    let curves = TaskPool::default().map((0..n).collect(), |_, i| {
+        score(&tasks.sample(seed.child(i as u64).seed())?)
     })?;
-    Ok(StepsCurve::from_curves(&points)?)
+    Ok(StepsCurve::from_curves(&curves)?)
 }
 
 /// Drives a learner through [`TrainerConfig::iterations`] meta-iterations in a [`RunDir`].

@@ -25,10 +25,17 @@ use metalearn_core::model::{BatchedMetaTrainable, TaskBatchedModule};
 use metalearn_core::params;
 
 /// MAML with the task-batched fast path; see [`Maml`] for the algorithm and hyper-parameters.
-/// Episodes of a meta-batch must have equal support and query sizes.
+/// Episodes of a meta-batch must have equal support and query sizes. `D` is the rank of the
+/// episodes' inputs (2: feature vectors, the default; 4: images, e.g. `Conv4`).
+///
+/// Only the meta-gradient is task-batched; adaptation and evaluation of single episodes run
+/// the per-task path ([`Maml`]), which computes the same function.
 #[derive(Debug)]
-pub struct BatchedMaml<B: Backend, M: BatchedMetaTrainable<B>> {
-    inner: Maml<B, M, 2>,
+pub struct BatchedMaml<B: Backend, M, const D: usize = 2>
+where
+    M: BatchedMetaTrainable<B, D>,
+{
+    inner: Maml<B, M, D>,
 }
 
 /// Sum over tasks of each task's mean loss, and the per-task losses. `out`, `y`: `[T, n, o]`.
@@ -45,18 +52,15 @@ fn batched_loss<B: Backend>(kind: TaskKind, out: Tensor<B, 3>, y: Tensor<B, 3>) 
     }
 }
 
-/// Stack the same-shaped batches of a meta-batch along a new task dimension.
+/// Stack the same-shaped batches of a meta-batch along a new task dimension, each example
+/// flattened: `[T, n, features]` inputs and `[T, n, outputs]` targets.
 fn stack_batches(
     batches: &[&HostBatch],
 ) -> metalearn_core::Result<(Vec<f32>, [usize; 3], Vec<f32>, [usize; 3])> {
     let first = batches.first().ok_or(Error::Empty("meta-batch"))?;
-    if first.input_shape.len() != 2 {
-        return Err(Error::ShapeMismatch(format!(
-            "the task-batched path takes [n, features] inputs, got {:?}",
-            first.input_shape
-        )));
-    }
-    let (n, f, o) = (first.input_shape[0], first.input_shape[1], first.target_dim);
+    let n = first.input_shape.first().copied().unwrap_or(0);
+    let f = first.input_shape.iter().skip(1).product::<usize>();
+    let o = first.target_dim;
     let mut x = Vec::with_capacity(batches.len() * n * f);
     let mut y = Vec::with_capacity(batches.len() * n * o);
     for b in batches {
@@ -72,7 +76,7 @@ fn stack_batches(
     Ok((x, [batches.len(), n, f], y, [batches.len(), n, o]))
 }
 
-impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
+impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> BatchedMaml<B, M, D> {
     /// Validate `config` and wrap `model`.
     pub fn new(config: MamlConfig, model: M, device: B::Device) -> UpdateResult<Self> {
         Ok(Self {
@@ -86,7 +90,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
     }
 
     /// The per-task learner this one wraps (shares model, optimiser and config).
-    pub fn as_maml(&self) -> &Maml<B, M, 2> {
+    pub fn as_maml(&self) -> &Maml<B, M, D> {
         &self.inner
     }
 
@@ -104,7 +108,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
         let kind = metalearn_core::episode::check_meta_batch(episodes)?;
         let start = self.inner.model.valid();
         for e in episodes {
-            metalearn_core::model::check_episode::<B, M::InnerModule, 2>(&start, e)?;
+            metalearn_core::model::check_episode::<B, M::InnerModule, D>(&start, e)?;
         }
         let cfg = &self.inner.config;
         let device = &self.inner.device;
@@ -176,7 +180,9 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> BatchedMaml<B, M> {
     }
 }
 
-impl<B: Backend, M: BatchedMetaTrainable<B>> MetaLearner<2> for BatchedMaml<B, M> {
+impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> MetaLearner<D>
+    for BatchedMaml<B, M, D>
+{
     type Adapted = M::InnerModule;
 
     fn meta_step(&mut self, episodes: &[EpisodeData]) -> Result<StepStats> {
@@ -209,7 +215,9 @@ impl<B: Backend, M: BatchedMetaTrainable<B>> MetaLearner<2> for BatchedMaml<B, M
     }
 }
 
-impl<B: Backend, M: BatchedMetaTrainable<B>> Checkpoint for BatchedMaml<B, M> {
+impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> Checkpoint
+    for BatchedMaml<B, M, D>
+{
     fn learner_name(&self) -> &'static str {
         self.inner.learner_name()
     }

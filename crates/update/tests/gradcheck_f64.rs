@@ -222,6 +222,23 @@ fn mlp_second_order_three_steps_matches_finite_differences() {
     check_mlp(3);
 }
 
+/// `n` 3-way 2-shot episodes (2 queries per class) of 16×16 images with `channels` channels.
+/// Random pixels (seeded): structured synthetic images make exact ties and dead channels
+/// common, where the loss has kinks and central differences stop being a reference.
+fn random_image_episodes(channels: usize, n: u64) -> Vec<EpisodeData> {
+    let mut r = metalearn_core::seed::rng(9);
+    let classes: Vec<Vec<f32>> = (0..4)
+        .map(|_| {
+            (0..4 * channels * 256)
+                .map(|_| r.random::<f32>() - 0.5)
+                .collect()
+        })
+        .collect();
+    let ds = Arc::new(InMemoryClasses::new(vec![channels, 16, 16], classes).unwrap());
+    let sampler = NWayKShot::new(ds, NWayKShotConfig::new(3, 2, 2)).unwrap();
+    (0..n).map(|s| sampler.sample(s).unwrap()).collect()
+}
+
 fn check_conv(steps: usize, path: ConvPath) {
     setup();
     let device = Default::default();
@@ -232,15 +249,7 @@ fn check_conv(steps: usize, path: ConvPath) {
         .with_conv_path(path)
         .init::<Autodiff<B>>(5, &device)
         .unwrap();
-    // Random pixels (seeded): structured synthetic images make exact ties and dead channels
-    // common, where the loss has kinks and central differences stop being a reference.
-    let mut r = metalearn_core::seed::rng(9);
-    let classes: Vec<Vec<f32>> = (0..4)
-        .map(|_| (0..4 * 256).map(|_| r.random::<f32>() - 0.5).collect())
-        .collect();
-    let ds = Arc::new(InMemoryClasses::new(vec![1, 16, 16], classes).unwrap());
-    let sampler = NWayKShot::new(ds, NWayKShotConfig::new(3, 2, 2)).unwrap();
-    let episodes: Vec<_> = (0..2).map(|s| sampler.sample(s).unwrap()).collect();
+    let episodes = random_image_episodes(1, 2);
     let cfg = MamlConfig::new().with_inner_steps(steps).with_inner_lr(0.1);
     let so = Maml::new(cfg.clone(), model.clone(), device).unwrap();
     let g = so.meta_gradient_vec(&episodes).unwrap();
@@ -294,6 +303,38 @@ fn conv_second_order_three_steps_matches_finite_differences() {
 #[test]
 fn conv_second_order_burn_conv2d_path_matches_finite_differences() {
     check_conv(1, ConvPath::Burn);
+}
+
+/// The task-batched Conv4 (vmap-style: one batched matmul per convolution over the meta-batch,
+/// batch norm with per-task statistics) gives the per-task path's meta-gradient, second and
+/// first order, for one-channel (shifted-slice im2col) and three-channel images.
+#[test]
+fn task_batched_conv4_meta_gradient_equals_the_per_task_one() {
+    setup();
+    let device = Default::default();
+    for (channels, steps, second_order) in [(1, 2, true), (3, 1, true), (1, 1, false)] {
+        let model = Conv4Config::new(3)
+            .with_filters(4)
+            .with_input_size(16)
+            .with_in_channels(channels)
+            .init::<Autodiff<B>>(5, &device)
+            .unwrap();
+        let episodes = random_image_episodes(channels, 3);
+        let cfg = MamlConfig::new()
+            .with_inner_steps(steps)
+            .with_inner_lr(0.1)
+            .with_second_order(second_order);
+        let per_task = Maml::new(cfg.clone(), model.clone(), device).unwrap();
+        let g = per_task.meta_gradient_vec(&episodes).unwrap();
+        let batched = BatchedMaml::new(cfg, model, device).unwrap();
+        let gb = batched.meta_gradient_vec(&episodes).unwrap();
+        let e = rel_err(&gb, &g);
+        assert!(
+            e < 1e-9,
+            "{channels} channels, {steps} steps, second order {second_order}: batched vs \
+             per-task relative error {e:e}"
+        );
+    }
 }
 
 /// Hinton et al.'s distillation loss: its autodiff gradient with respect to the student's logits

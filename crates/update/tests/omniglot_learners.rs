@@ -64,10 +64,7 @@ fn data(s: Scale) -> Option<&'static Data> {
     };
     cell.get_or_init(|| {
         let dir = std::env::var_os("METALEARN_DATA")?;
-        let config = OmniglotConfig {
-            image_size: s.image,
-            ..OmniglotConfig::default()
-        };
+        let config = OmniglotConfig::new().with_image_size(s.image);
         let o = Arc::new(Omniglot::load(Some(std::path::Path::new(&dir)), &config).unwrap());
         let (train, _, test) = o.vinyals_split();
         Some(Data {

@@ -1,11 +1,13 @@
 //! Conv4: the standard few-shot backbone.
 
-use crate::layers::{max_pool2x2, BatchNorm2d, Conv2d, ConvPath, Dense};
+use crate::layers::{
+    batch_norm_tasks, conv2d_tasks, max_pool2x2, BatchNorm2d, Conv2d, ConvPath, Dense,
+};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{activation::relu, backend::Backend, Tensor};
 use metalearn_core::error::{ensure_nonzero, Error};
-use metalearn_core::model::{EmbeddingModule, MetaModule};
+use metalearn_core::model::{EmbeddingModule, MetaModule, TaskBatchedModule};
 use metalearn_core::seed::rng;
 
 /// Conv4 configuration (Vinyals et al. 2016; Finn et al. 2017).
@@ -284,6 +286,47 @@ impl<B: Backend> MetaModule<B, 4> for Conv4<B> {
     fn output_width(&self, example: &[usize]) -> metalearn_core::Result<Option<usize>> {
         self.check_input(example)?;
         Ok(Some(self.head.weight.dims()[1]))
+    }
+}
+
+/// The task-batched Conv4 (vmap-style): `T` tasks' fast weights at once, each block a
+/// [`conv2d_tasks`] (one batched matmul), a [`batch_norm_tasks`] with per-task statistics, a
+/// 2×2 max-pool and a ReLU on `[T, C, N, H, W]` activations, and a batched matmul for the heads.
+/// Inputs are `[T, n, C·H·W]` (square images); task `t`'s output equals `forward` of the model
+/// with task `t`'s parameters (a test checks values and the meta-gradient, in f64).
+impl<B: Backend> TaskBatchedModule<B, 4> for Conv4<B> {
+    fn forward_tasks(&self, params: &[Tensor<B, 2>], x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [t, n, features] = x.dims();
+        let c_in = self.convs[0].weight.dims()[1];
+        let side = ((features / c_in) as f64).sqrt().round() as usize;
+        let blocks = self.convs.len();
+        // [T, n, C·H·W] -> [T, C, n, H, W]: each task channel-major (free for one channel).
+        let mut h = if c_in == 1 {
+            x.reshape([t, 1, n, side, side])
+        } else {
+            x.reshape([t, n, c_in, side, side]).swap_dims(1, 2)
+        };
+        for (b, conv) in self.convs.iter().enumerate() {
+            let [o, c, k, _] = conv.weight.dims();
+            let w = params[2 * b].clone().reshape([t, o, c, k, k]);
+            let y = conv2d_tasks(h, w, params[2 * b + 1].clone());
+            let (gamma, beta) = (
+                params[2 * blocks + 2 * b].clone(),
+                params[2 * blocks + 2 * b + 1].clone(),
+            );
+            let y = batch_norm_tasks(y, gamma, beta, 1e-5);
+            let [_, _, _, hh, ww] = y.dims();
+            let pooled = max_pool2x2(y.reshape([t * o, n, hh, ww]));
+            let [_, _, ph, pw] = pooled.dims();
+            h = relu(pooled).reshape([t, o, n, ph, pw]);
+        }
+        // [T, C, n, h, w] -> [T, n, C·h·w] in PyTorch's (c, h, w) order, then the heads.
+        let [_, c, _, fh, fw] = h.dims();
+        let flat = h.swap_dims(1, 2).reshape([t, n, c * fh * fw]);
+        let [d_in, ways] = self.head.weight.dims();
+        let w = params[4 * blocks].clone().reshape([t, d_in, ways]);
+        let bias = params[4 * blocks + 1].clone().reshape([t, 1, ways]);
+        flat.matmul(w) + bias
     }
 }
 

@@ -227,7 +227,7 @@ fn conv_rows<B: Backend>(
     let [o, _, k, _] = weight.dims();
     let device = rows.device();
     let rows = Tensor::cat(vec![rows, Tensor::<B, 2>::zeros([1, c], &device)], 0);
-    let idx = im2col_rows(n, h, w, k);
+    let idx = im2col_rows(1, n, h, w, k);
     let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
         TensorData::new(idx.as_ref().clone(), [m * k * k]),
         &device,
@@ -238,23 +238,25 @@ fn conv_rows<B: Backend>(
     cols.matmul(wmat)
 }
 
-/// The source rows of a channels-last im2col: for every output pixel `(n, y, x)` (row-major)
-/// and kernel offset `(dy, dx)`, the row of `[N·H·W + 1, C]` it reads, where row `N·H·W` is
-/// the zero row that stands for the padding. Cached per shape (host memory).
-fn im2col_rows(n: usize, h: usize, w: usize, k: usize) -> std::sync::Arc<Vec<i64>> {
+/// The source rows of a channels-last im2col over `t` stacked tasks: for every task, output
+/// pixel `(n, y, x)` (row-major) and kernel offset `(dy, dx)`, the row of `[T·N·H·W + 1, C]` it
+/// reads, where row `T·N·H·W` is the zero row that stands for the padding. Cached per shape
+/// (host memory).
+fn im2col_rows(t: usize, n: usize, h: usize, w: usize, k: usize) -> std::sync::Arc<Vec<i64>> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
-    type Cache = Mutex<HashMap<[usize; 4], Arc<Vec<i64>>>>;
+    type Cache = Mutex<HashMap<[usize; 5], Arc<Vec<i64>>>>;
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = [n, h, w, k];
+    let key = [t, n, h, w, k];
     if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return v.clone();
     }
     let p = (k / 2) as isize;
-    let zero = (n * h * w) as i64;
-    let mut rows = Vec::with_capacity(n * h * w * k * k);
-    for b in 0..n {
+    let zero = (t * n * h * w) as i64;
+    let mut rows = Vec::with_capacity(t * n * h * w * k * k);
+    // Task `t`'s images are images `t·N .. (t+1)·N` of one stacked batch.
+    for b in 0..t * n {
         for y in 0..h as isize {
             for x in 0..w as isize {
                 for dy in 0..k as isize {
@@ -280,6 +282,76 @@ fn im2col_rows(n: usize, h: usize, w: usize, k: usize) -> std::sync::Arc<Vec<i64
     v
 }
 
+/// [`conv2d_channel_major`] for `T` tasks at once, each with its own weights: `x: [T, C, N, H, W]`
+/// (each task's activations channel-major), `weight: [T, O, C, k, k]`, `bias: [T, O]`; returns
+/// `[T, O, N, H, W]`. The im2col matrices of all tasks are built by one `select` (or `k²` shifted
+/// slices for few channels) and applied by one batched matmul, so `T` small convolutions become
+/// one large one; task `t`'s output is exactly `conv2d_channel_major` of its own slices.
+pub fn conv2d_tasks<B: Backend>(
+    x: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Tensor<B, 2>,
+) -> Tensor<B, 5> {
+    let [t, c, n, h, w] = x.dims();
+    let [_, o, _, k, _] = weight.dims();
+    let m = n * h * w;
+    let bias = bias.reshape([t, o, 1]);
+    if c < ROW_SELECT_MIN_CHANNELS {
+        // Zero-pad, k² shifted slices → [T, k²·C, N·H·W] (row (dy·k + dx)·C + c), one matmul.
+        let p = k / 2;
+        let tc = t * c;
+        let padded = Tensor::<B, 4>::zeros([tc, n, h + 2 * p, w + 2 * p], &x.device())
+            .slice_assign([0..tc, 0..n, p..p + h, p..p + w], x.reshape([tc, n, h, w]));
+        let shifted: Vec<Tensor<B, 3>> = (0..k * k)
+            .map(|i| {
+                let (dy, dx) = (i / k, i % k);
+                padded
+                    .clone()
+                    .slice([0..tc, 0..n, dy..dy + h, dx..dx + w])
+                    .reshape([t, c, m])
+            })
+            .collect();
+        let cols = Tensor::cat(shifted, 1);
+        // [T, O, C, k, k] -> [T, O, k, k, C] -> [T, O, k²·C], matching the rows of `cols`.
+        let wmat = weight.permute([0, 1, 3, 4, 2]).reshape([t, o, k * k * c]);
+        return (wmat.matmul(cols) + bias).reshape([t, o, n, h, w]);
+    }
+    // One row per pixel of every task ([T·N·H·W, C]), plus the zero row.
+    let device = x.device();
+    let rows = x.reshape([t, c, m]).swap_dims(1, 2).reshape([t * m, c]);
+    let rows = Tensor::cat(vec![rows, Tensor::<B, 2>::zeros([1, c], &device)], 0);
+    let idx = im2col_rows(t, n, h, w, k);
+    let idx = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        TensorData::new(idx.as_ref().clone(), [t * m * k * k]),
+        &device,
+    );
+    let cols = rows.select(0, idx).reshape([t, m, k * k * c]);
+    // [T, O, C, k, k] -> [T, k, k, C, O] -> [T, k²·C, O], matching the columns of `cols`.
+    let wmat = weight.permute([0, 3, 4, 2, 1]).reshape([t, k * k * c, o]);
+    (cols.matmul(wmat).swap_dims(1, 2) + bias).reshape([t, o, n, h, w])
+}
+
+/// [`batch_norm_channel_major`] for `T` tasks at once: `x: [T, C, N, H, W]`, per-task
+/// `gamma`, `beta: [T, C]`; each task is normalised with its own batch statistics.
+pub fn batch_norm_tasks<B: Backend>(
+    x: Tensor<B, 5>,
+    gamma: Tensor<B, 2>,
+    beta: Tensor<B, 2>,
+    eps: f64,
+) -> Tensor<B, 5> {
+    let [t, c, n, h, w] = x.dims();
+    let m = n * h * w;
+    let inv_count = 1.0 / m as f64;
+    let rows = x.reshape([t, c, m]);
+    let mean = rows.clone().sum_dim(2).mul_scalar(inv_count);
+    let centered = rows - mean;
+    let var = (centered.clone() * centered.clone())
+        .sum_dim(2)
+        .mul_scalar(inv_count);
+    let scale = var.add_scalar(eps).sqrt().recip() * gamma.reshape([t, c, 1]);
+    (centered * scale + beta.reshape([t, c, 1])).reshape([t, c, n, h, w])
+}
+
 /// Convolution on channels-last activations `x: [N, H, W, C]` (stride 1, "same" padding):
 /// one `select` of rows builds the im2col matrix `[N·H·W, k²·C]`, one matmul applies the
 /// weights. Returns `[N, H, W, O]`.
@@ -303,16 +375,14 @@ pub fn batch_norm_channel_major<B: Backend>(
     eps: f64,
 ) -> Tensor<B, 4> {
     let [c, n, h, w] = x.dims();
-    let m = n * h * w;
-    let inv_count = 1.0 / m as f64;
-    let rows = x.reshape([c, m]);
-    let mean = rows.clone().sum_dim(1).mul_scalar(inv_count);
-    let centered = rows - mean;
-    let var = (centered.clone() * centered.clone())
-        .sum_dim(1)
-        .mul_scalar(inv_count);
-    let scale = var.add_scalar(eps).sqrt().recip() * gamma.reshape([c, 1]);
-    (centered * scale + beta.reshape([c, 1])).reshape([c, n, h, w])
+    // One task: the same reductions over the same contiguous rows.
+    batch_norm_tasks(
+        x.reshape([1, c, n, h, w]),
+        gamma.reshape([1, c]),
+        beta.reshape([1, c]),
+        eps,
+    )
+    .reshape([c, n, h, w])
 }
 
 /// Batch norm with learned scale and shift and no running statistics: always normalises with
