@@ -128,9 +128,19 @@ fn main() -> Result<()> {
         )?;
         eprintln!("Omniglot zips in {}", dir.display());
     }
+    let budget = if args.quick {
+        "quick"
+    } else if args.full {
+        "full"
+    } else {
+        "default"
+    };
+    let start_all = std::time::Instant::now();
+    let mut ran = 0;
     for suite in suites {
         let dir = args.out.join(suite);
         std::fs::create_dir_all(&dir)?;
+        let start = std::time::Instant::now();
         let report = match suite {
             "sinusoid" => {
                 metalearn_core::with_backend!(args.backend, B => sinusoid::run::<B>(&args, &dir))?
@@ -169,8 +179,36 @@ fn main() -> Result<()> {
                 }
             }
         };
+        let seconds = start.elapsed().as_secs_f64();
+        record_time(&args.out, suite, budget, seconds)?;
+        ran += 1;
         println!("{report}");
-        println!("report written to {}", dir.join("report.md").display());
+        println!(
+            "report written to {} ({suite} suite, {budget} budget: {})",
+            dir.join("report.md").display(),
+            metalearn_train::format_duration(seconds)
+        );
     }
+    if ran > 1 {
+        let seconds = start_all.elapsed().as_secs_f64();
+        record_time(&args.out, "all", budget, seconds)?;
+        println!(
+            "all suites, {budget} budget: {}",
+            metalearn_train::format_duration(seconds)
+        );
+    }
+    Ok(())
+}
+
+/// Keep the latest wall time of each (suite, budget) in `out/timings.json`, so the time every
+/// budget of every suite takes on this machine is one file (README, "Quick start").
+fn record_time(out: &std::path::Path, suite: &str, budget: &str, seconds: f64) -> Result<()> {
+    let path = out.join("timings.json");
+    let mut all: std::collections::BTreeMap<String, f64> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    all.insert(format!("{suite}/{budget}"), (seconds * 10.0).round() / 10.0);
+    metalearn_train::files::write_atomic(&path, serde_json::to_string_pretty(&all)?.as_bytes())?;
     Ok(())
 }
