@@ -558,7 +558,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         .collect();
     line_plot(
         &dir.join("learning_curves.svg"),
-        "Omniglot meta-validation accuracy (1-shot, held-out validation characters)",
+        "Omniglot meta-validation accuracy (held-out validation characters)",
         "meta-iteration",
         "accuracy (%)",
         &curves,

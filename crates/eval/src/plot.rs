@@ -15,14 +15,41 @@ pub struct Series {
     pub errors: Vec<f64>,
 }
 
-const COLORS: [RGBColor; 6] = [
+/// Series colours (matplotlib's "tab10"); series 11–20 repeat them with square markers, 21–30
+/// with triangles, so that no two of the first 30 series look alike.
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
+
+/// Draw series `k`'s marker at each of `points` (any coordinate system) on `area`.
+fn draw_markers<DB: DrawingBackend, CT: CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    k: usize,
+    points: &[CT::From],
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    CT::From: Clone,
+{
+    let c = COLORS[k % COLORS.len()];
+    for p in points {
+        let at = EmptyElement::at(p.clone());
+        match (k / COLORS.len()) % 3 {
+            0 => area.draw(&(at + Circle::new((0, 0), 3, c.filled())))?,
+            1 => area.draw(&(at + Rectangle::new([(-3, -3), (3, 3)], c.filled())))?,
+            _ => area.draw(&(at + TriangleMarker::new((0, 0), 4, c.filled())))?,
+        }
+    }
+    Ok(())
+}
 
 /// Width and height of every plot, in pixels.
 pub const SIZE: (u32, u32) = (900, 500);
@@ -170,9 +197,7 @@ pub fn line_plot(
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
             .map_err(|e| err(&e))?;
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
-            .map_err(|e| err(&e))?;
+        draw_markers(chart.plotting_area(), k, &pts).map_err(|e| err(&e))?;
         let bars = s
             .points
             .iter()
@@ -192,9 +217,7 @@ pub fn line_plot(
         legend_area
             .draw(&PathElement::new(vec![(8, y), (36, y)], c.stroke_width(3)))
             .map_err(|e| err(&e))?;
-        legend_area
-            .draw(&Circle::new((22, y), 3, c.filled()))
-            .map_err(|e| err(&e))?;
+        draw_markers(&legend_area, k, &[(22, y)]).map_err(|e| err(&e))?;
         legend_area
             .draw(&Text::new(
                 s.label.clone(),
@@ -324,6 +347,32 @@ mod tests {
             numeric_labels(&svg)
         );
         assert!(svg.contains("accuracy (%)") && svg.contains("meta-iteration"));
+    }
+
+    #[test]
+    fn more_series_than_colours_still_get_a_legend_row_each() {
+        let p = temp("many.svg");
+        let all: Vec<Series> = (0..12)
+            .map(|k| {
+                series(
+                    &format!("s{k}"),
+                    vec![(0.0, k as f64), (1.0, k as f64 + 0.5)],
+                    vec![],
+                )
+            })
+            .collect();
+        line_plot(&p, "many", "x", "y", &all, false).unwrap();
+        let img = render(&p);
+        let split = SIZE.0 - legend_width(&all);
+        // Series 0 and 10 share a colour (10 has square markers): two legend rows of it.
+        let mut rows: Vec<u32> = pixels_of(&img, COLORS[0])
+            .into_iter()
+            .filter(|(x, _)| *x >= split)
+            .map(|(_, y)| y)
+            .collect();
+        rows.sort_unstable();
+        let bands = 1 + rows.windows(2).filter(|w| w[1] > w[0] + 4).count();
+        assert_eq!(bands, 2, "legend rows of the first colour: {rows:?}");
     }
 
     #[test]
