@@ -76,8 +76,15 @@ fn example_shape(episode: &crate::episode::EpisodeData, rank: usize) -> crate::R
 /// itself only supplies the architecture (shapes); its own parameter values are not used.
 /// `D` is the rank of the episodes' inputs, as in [`MetaModule`] (2 unless said otherwise).
 pub trait TaskBatchedModule<B: Backend, const D: usize = 2>: MetaModule<B, D> {
-    /// Forward `T` tasks with stacked fast weights.
-    fn forward_tasks(&self, params: &[Tensor<B, 2>], inputs: Tensor<B, 3>) -> Tensor<B, 3>;
+    /// Forward `T` tasks with stacked fast weights. `example` is one example's shape before
+    /// flattening (`[features]`, or `[C, H, W]` for images), already checked against the model
+    /// by [`MetaModule::output_width`].
+    fn forward_tasks(
+        &self,
+        params: &[Tensor<B, 2>],
+        inputs: Tensor<B, 3>,
+        example: &[usize],
+    ) -> Tensor<B, 3>;
 }
 
 use burn::backend::Autodiff;

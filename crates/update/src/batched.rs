@@ -117,6 +117,8 @@ impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> BatchedMaml<B, M
         let queries: Vec<_> = episodes.iter().map(|e| &e.query).collect();
         let (sx, sxs, sy, sys) = stack_batches(&supports)?;
         let (qx, qxs, qy, qys) = stack_batches(&queries)?;
+        // One example's shape (validated against the model above): how inputs unflatten.
+        let example = &episodes[0].support.input_shape[1..];
 
         let theta: M = params::require_grad(M::from_inner(self.inner.model.valid()));
         let arch = <M as HasAutodiffModule<AA<B>>>::TrainModule::from_inner(theta.clone());
@@ -132,7 +134,8 @@ impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> BatchedMaml<B, M
                 .iter()
                 .map(|p| Tensor::from_inner(p.clone()).require_grad())
                 .collect();
-            let loss = batched_loss(kind, arch.forward_tasks(&lifted, s_x.clone()), s_y.clone());
+            let out = arch.forward_tasks(&lifted, s_x.clone(), example);
+            let loss = batched_loss(kind, out, s_y.clone());
             let grads = metalearn_core::parallel::backward(loss)?;
             phi = phi
                 .into_iter()
@@ -151,7 +154,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> BatchedMaml<B, M
         }
         let q_x = Tensor::<AB<B>, 3>::from_data(TensorData::new(qx, qxs), device);
         let q_y = Tensor::<AB<B>, 3>::from_data(TensorData::new(qy, qys), device);
-        let out = theta.forward_tasks(&phi, q_x);
+        let out = theta.forward_tasks(&phi, q_x, example);
         let loss = batched_loss(kind, out.clone(), q_y).mul_scalar(1.0 / t as f64);
         let accuracy = match kind {
             TaskKind::Classification { .. } => {

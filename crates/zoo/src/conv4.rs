@@ -292,19 +292,25 @@ impl<B: Backend> MetaModule<B, 4> for Conv4<B> {
 /// The task-batched Conv4 (vmap-style): `T` tasks' fast weights at once, each block a
 /// [`conv2d_tasks`] (one batched matmul), a [`batch_norm_tasks`] with per-task statistics, a
 /// 2×2 max-pool and a ReLU on `[T, C, N, H, W]` activations, and a batched matmul for the heads.
-/// Inputs are `[T, n, C·H·W]` (square images); task `t`'s output equals `forward` of the model
-/// with task `t`'s parameters (a test checks values and the meta-gradient, in f64).
+/// Inputs are `[T, n, C·H·W]`; task `t`'s output equals `forward` of the model with task `t`'s
+/// parameters (a test checks that `BatchedMaml`'s meta-gradient equals the per-task one, in f64).
 impl<B: Backend> TaskBatchedModule<B, 4> for Conv4<B> {
-    fn forward_tasks(&self, params: &[Tensor<B, 2>], x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [t, n, features] = x.dims();
-        let c_in = self.convs[0].weight.dims()[1];
-        let side = ((features / c_in) as f64).sqrt().round() as usize;
+    fn forward_tasks(
+        &self,
+        params: &[Tensor<B, 2>],
+        x: Tensor<B, 3>,
+        example: &[usize],
+    ) -> Tensor<B, 3> {
+        let [t, n, _] = x.dims();
+        let &[c_in, height, width] = example else {
+            panic!("Conv4 takes [C, H, W] images, got examples of shape {example:?}");
+        };
         let blocks = self.convs.len();
         // [T, n, C·H·W] -> [T, C, n, H, W]: each task channel-major (free for one channel).
         let mut h = if c_in == 1 {
-            x.reshape([t, 1, n, side, side])
+            x.reshape([t, 1, n, height, width])
         } else {
-            x.reshape([t, n, c_in, side, side]).swap_dims(1, 2)
+            x.reshape([t, n, c_in, height, width]).swap_dims(1, 2)
         };
         for (b, conv) in self.convs.iter().enumerate() {
             let [o, c, k, _] = conv.weight.dims();

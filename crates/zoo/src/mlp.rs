@@ -107,7 +107,7 @@ impl<B: Backend> EmbeddingModule<B, 2> for Mlp<B> {
 }
 
 impl<B: Backend> TaskBatchedModule<B> for Mlp<B> {
-    fn forward_tasks(&self, params: &[Tensor<B, 2>], x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward_tasks(&self, params: &[Tensor<B, 2>], x: Tensor<B, 3>, _: &[usize]) -> Tensor<B, 3> {
         let [t, n, _] = x.dims();
         let last = self.layers.len() - 1;
         let mut h = x;
@@ -150,7 +150,7 @@ mod tests {
                 Tensor::cat(rows, 0)
             })
             .collect();
-        let yb = models[0].forward_tasks(&per, x.clone());
+        let yb = models[0].forward_tasks(&per, x.clone(), &[1]);
         for (t, m) in models.iter().enumerate() {
             let xt = x.clone().slice([t..t + 1, 0..5, 0..1]).reshape([5, 1]);
             let y = m.forward(xt);
