@@ -95,7 +95,8 @@ pub enum ConfigError {
     /// The run directory was made by a different experiment.
     #[error(
         "run directory {dir} holds a different experiment (keys that differ: {}); use a new \
-         --run-dir, or the same experiment file to resume",
+         --run-dir, or the same experiment file to resume (only `budget.iterations` and \
+         `[eval]` may change)",
         keys.join(", ")
     )]
     Differs {
@@ -567,18 +568,26 @@ pub fn differing_keys(a: &Table, b: &Table) -> Vec<String> {
     out
 }
 
+/// Keys of an experiment that may change between runs on one run directory, since they do not
+/// change what the iterations already done computed: `budget.iterations` (train a run longer, or
+/// stop it sooner) and the test protocol (`eval`).
+pub const RESUMABLE_CHANGES: [&str; 2] = ["budget.iterations", "eval"];
+
 /// Check `exp` against the run directory's `experiment.toml` (refusing a different one) or
-/// write it there for a new run.
+/// write it there for a new run. A change of only [`RESUMABLE_CHANGES`] is accepted and
+/// recorded: running the file again with a larger `budget.iterations` continues the run.
 pub fn claim_run_dir(exp: &Experiment, dir: &Path) -> std::result::Result<(), crate::Error> {
-    claim(exp.resolved(), dir, "experiment.toml")
+    claim(exp.resolved(), dir, "experiment.toml", &RESUMABLE_CHANGES)
 }
 
 /// Check a resolved `table` against `dir/name` (refusing a different one, naming the keys that
-/// differ) or write it there.
+/// differ) or write it there. Differences only in `mutable` keys (a dotted key or a table's
+/// name) are accepted and the new table is written.
 pub(crate) fn claim(
     table: &Table,
     dir: &Path,
     name: &str,
+    mutable: &[&str],
 ) -> std::result::Result<(), crate::Error> {
     let path = dir.join(name);
     if path.exists() {
@@ -591,14 +600,25 @@ pub(crate) fn claim(
             message: e.to_string(),
         })?;
         let keys = differing_keys(&old, table);
-        if !keys.is_empty() {
+        let fixed: Vec<String> = keys
+            .iter()
+            .filter(|k| {
+                !mutable
+                    .iter()
+                    .any(|m| k == m || k.strip_prefix(m).is_some_and(|r| r.starts_with('.')))
+            })
+            .cloned()
+            .collect();
+        if !fixed.is_empty() {
             return Err(ConfigError::Differs {
                 dir: dir.display().to_string(),
-                keys,
+                keys: fixed,
             }
             .into());
         }
-        return Ok(());
+        if keys.is_empty() {
+            return Ok(());
+        }
     }
     let text = toml::to_string_pretty(table).map_err(|e| ConfigError::Syntax {
         file: path.display().to_string(),

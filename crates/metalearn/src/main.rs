@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use metalearn::core::backend::BackendKind;
-use metalearn::run::{adapt, eval, train, EvalOverrides};
+use metalearn::run::{adapt, eval, ship, train, EvalOverrides};
 use metalearn::search_file::{search, SearchFile};
 use metalearn::train::Progress;
 use metalearn::Experiment;
@@ -73,6 +73,17 @@ enum Command {
         /// Where the journal and the result go.
         #[arg(long)]
         run_dir: PathBuf,
+    },
+    /// Ship the best model of a run: measure it on the test protocol and copy the experiment,
+    /// the model, the report and RESULT.json into a directory of its own (`metalearn eval
+    /// --run-dir TO` re-measures it from those files alone).
+    Ship {
+        /// The run directory.
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Where the shipped model goes (e.g. models/omniglot/maml-5way-1shot).
+        #[arg(long)]
+        to: PathBuf,
     },
     /// Adapt the best model of a run to your labelled images and classify new ones.
     Adapt {
@@ -168,6 +179,17 @@ fn run(cli: Cli) -> metalearn::Result<()> {
             }
             Ok(())
         }
+        Command::Ship { run_dir, to } => {
+            let r = ship(&run_dir, &to, git_commit())?;
+            println!("{}", r.test.line());
+            println!(
+                "shipped to {} ({} iterations trained in {})",
+                to.display(),
+                r.iterations_trained,
+                metalearn::train::format_duration(r.training_seconds)
+            );
+            Ok(())
+        }
         Command::Search { file, run_dir } => {
             let f = SearchFile::load(&file)?;
             let r = search(&f, &run_dir)?;
@@ -206,6 +228,23 @@ fn run(cli: Cli) -> metalearn::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The commit of the current git checkout, `-dirty` when tracked files differ from it.
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args([
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=40",
+            "--exclude=*",
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> metalearn::Result<String> {

@@ -505,3 +505,104 @@ pub fn adapt(
         })
         .collect())
 }
+
+/// A shipped model's `RESULT.json`: the test measurement of the run's best model and how it was
+/// trained, written by [`ship`] and re-measured by `metalearn eval --run-dir` on the shipped
+/// directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShippedResult {
+    /// The test measurement (600 episodes with 15 queries per class unless the experiment's
+    /// `[eval]` says otherwise).
+    pub test: EvalReport,
+    /// The experiment's seed.
+    pub seed: u64,
+    /// Meta-iterations the run trained in all (the shipped model is the best by validation,
+    /// `test.iterations`).
+    pub iterations_trained: usize,
+    /// Training wall time over every session of the run, s.
+    pub training_seconds: f64,
+    /// Median wall time of one meta-iteration, ms.
+    pub median_ms_per_iteration: f64,
+    /// Training wall time until the shipped model's iteration, s.
+    pub seconds_to_model: f64,
+    /// The git commit the shipping checkout was at (`None` outside a git checkout).
+    pub commit: Option<String>,
+    /// The `metalearn` version.
+    pub version: String,
+}
+
+/// Files of a run directory a shipped model keeps beside `best/` and `RESULT.json`.
+const SHIPPED_FILES: [&str; 3] = ["report.md", "learning_curve.svg", "meta_loss.svg"];
+
+/// Ship the best model of the run in `run` to `to`: measure it on the experiment's test
+/// protocol, and write `to/experiment.toml` (or check that it describes the same experiment),
+/// `to/best/`, the report and `to/RESULT.json`. `metalearn eval --run-dir TO` then re-measures
+/// the shipped number from those files alone.
+pub fn ship(run: &Path, to: &Path, commit: Option<String>) -> Result<ShippedResult> {
+    let exp = load_run_dir(run)?;
+    let test = eval(run, EvalOverrides::default())?;
+    let records = metalearn_train::metrics::read(&RunDir::new(run).metrics())?;
+    let mut times = Vec::new();
+    let (mut training_seconds, mut seconds_to_model, mut iterations_trained) = (0.0f64, 0.0f64, 0);
+    for r in &records {
+        if let metalearn_train::metrics::Record::Step {
+            iteration,
+            ms,
+            elapsed_s,
+            ..
+        } = *r
+        {
+            times.push(ms);
+            training_seconds = training_seconds.max(elapsed_s);
+            iterations_trained = iterations_trained.max(iteration + 1);
+            if iteration < test.iterations {
+                seconds_to_model = seconds_to_model.max(elapsed_s);
+            }
+        }
+    }
+    claim_run_dir(&exp, to)?;
+    let from = RunDir::new(run);
+    let dest = RunDir::new(to);
+    for (a, b) in [
+        (from.best_model(), dest.best_model()),
+        (from.best_info(), dest.best_info()),
+    ]
+    .into_iter()
+    .chain(SHIPPED_FILES.map(|f| (run.join(f), to.join(f))))
+    {
+        if !a.exists() && SHIPPED_FILES.iter().any(|f| a.ends_with(f)) {
+            continue;
+        }
+        let bytes = std::fs::read(&a).map_err(|e| metalearn_train::Error::io(&a, e))?;
+        metalearn_train::files::write_atomic(&b, &bytes)?;
+    }
+    let result = ShippedResult {
+        test,
+        seed: exp.seed,
+        iterations_trained,
+        training_seconds,
+        median_ms_per_iteration: metalearn_core::stats::median(&times).unwrap_or(f64::NAN),
+        seconds_to_model,
+        commit,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&result).map_err(|e| metalearn_train::Error::RunDir {
+        path: to.join("RESULT.json").display().to_string(),
+        reason: e.to_string(),
+    })?;
+    metalearn_train::files::write_atomic(&to.join("RESULT.json"), &json)?;
+    Ok(result)
+}
+
+/// Read a shipped model's `RESULT.json`.
+pub fn read_result(dir: &Path) -> Result<ShippedResult> {
+    let path = dir.join("RESULT.json");
+    let bytes = std::fs::read(&path).map_err(|e| metalearn_train::Error::io(&path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        metalearn_train::Error::RunDir {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}

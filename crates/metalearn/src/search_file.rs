@@ -288,7 +288,7 @@ impl SearchFile {
 /// characters and are scored on its validation characters; every finished evaluation is in
 /// `dir/journal.jsonl`, the summary in `dir/result.json`.
 pub fn search(file: &SearchFile, dir: &Path) -> Result<SearchResult> {
-    claim(file.resolved(), dir, "search.toml")?;
+    claim(file.resolved(), dir, "search.toml", &[])?;
     with_backend!(file.backend, B => search_on::<B>(file, dir))
 }
 

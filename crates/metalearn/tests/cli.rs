@@ -4,7 +4,7 @@
 
 use metalearn::core::backend::NdArrayCpu;
 use metalearn::experiment::{claim_run_dir, Experiment};
-use metalearn::run::{eval, learner, train, EvalOverrides};
+use metalearn::run::{eval, learner, read_result, train, EvalOverrides};
 use metalearn::train::files::list_checkpoints;
 use metalearn::train::metrics::{read, Record};
 use metalearn::train::{read_state, Progress, RunDir};
@@ -333,6 +333,28 @@ fn a_different_experiment_is_refused_for_an_existing_run_dir() {
     claim_run_dir(&a, &dir).unwrap();
     let e = claim_run_dir(&b, &dir).unwrap_err().to_string();
     assert!(e.contains("budget.patience, learner.inner_lr"), "{e}");
+    // A longer budget and another test protocol continue the run, and are recorded.
+    let longer = Experiment::parse(
+        &set(
+            &text,
+            &[
+                ("budget", "iterations", Value::Integer(123_456)),
+                ("eval", "episodes", Value::Integer(17)),
+            ],
+        ),
+        "c",
+    )
+    .unwrap();
+    claim_run_dir(&longer, &dir).unwrap();
+    let recorded = metalearn::experiment::load_run_dir(&dir).unwrap();
+    assert_eq!(recorded.budget.iterations, 123_456);
+    assert_eq!(recorded.eval.episodes, 17);
+    // …but not together with a key that changes the training.
+    let e = claim_run_dir(&b, &dir).unwrap_err().to_string();
+    assert!(
+        e.contains("(keys that differ: budget.patience, learner.inner_lr)"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -392,6 +414,17 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
         "a checkpoint at iteration 60",
     );
     let done_at_kill = read(&killed.join("metrics.jsonl")).unwrap().len();
+    let newest_at_kill = newest().unwrap();
+    // Resume with a shorter budget first, then extend it to the reference's: training a run
+    // longer is the same as having asked for the longer budget at the start.
+    let shorter = root.join("shorter.toml");
+    std::fs::write(
+        &shorter,
+        set(&text, &[("budget", "iterations", Value::Integer(200))]),
+    )
+    .unwrap();
+    run_to_end(&shorter, &killed);
+    assert_eq!(newest(), Some(newest_at_kill.max(200)));
     run_to_end(&file, &killed);
     assert!(done_at_kill > 0);
 
@@ -448,6 +481,32 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
     );
     assert!(c.curve[0].loss > last.loss, "{:?}", c.curve);
     assert_eq!(c.curve_table().lines().count(), r.steps + 1);
+
+    // Shipping: the shipped directory alone re-measures RESULT.json's number.
+    let shipped = root.join("shipped");
+    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
+        .args(["ship", "--run-dir"])
+        .arg(&killed)
+        .arg("--to")
+        .arg(&shipped)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = read_result(&shipped).unwrap();
+    assert_eq!(result.iterations_trained, 400);
+    assert_eq!(result.seed, exp.seed);
+    assert!(result.training_seconds > 0.0 && result.seconds_to_model <= result.training_seconds);
+    assert_eq!(result.test.episodes, exp.eval.episodes);
+    let again = eval(&shipped, EvalOverrides::default()).unwrap();
+    assert_eq!(again, result.test);
+    for f in ["best/model.mlstate", "report.md", "learning_curve.svg"] {
+        assert!(shipped.join(f).is_file(), "{f} not shipped");
+    }
+    assert!(!shipped.join("checkpoints").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

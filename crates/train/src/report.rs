@@ -27,6 +27,22 @@ fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Every `k`-th point and the last, `k` chosen so that at most `max` remain (a plot of 60,000
+/// meta-iterations needs no more points than its width has pixels).
+fn thin(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
+    let k = points.len().div_ceil(max.max(2) - 1).max(1);
+    let last = points.len().saturating_sub(1);
+    points
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % k == 0 || *i == last)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Points of the meta-loss plot at most.
+const PLOT_POINTS: usize = 500;
+
 /// Write `report.md`, `learning_curve.svg` (validation score) and `meta_loss.svg` into the run
 /// directory from its metrics log; returns the markdown's path.
 pub fn write_report(run: &RunDir, title: &str) -> Result<PathBuf> {
@@ -126,7 +142,7 @@ pub fn write_report(run: &RunDir, title: &str) -> Result<PathBuf> {
             "query loss after adaptation",
             &[Series {
                 label: format!("mean of the last {window} meta-batches"),
-                points: smooth(&loss, window),
+                points: thin(smooth(&loss, window), PLOT_POINTS),
                 errors: Vec::new(),
             }],
             false,
@@ -150,5 +166,18 @@ mod tests {
             s.iter().map(|q| q.1).collect::<Vec<_>>(),
             [0.0, 0.5, 1.5, 2.5, 3.5]
         );
+    }
+
+    #[test]
+    fn thinning_keeps_the_ends_and_at_most_max_points() {
+        let p = |n: usize| (0..n).map(|i| (i as f64, 0.0)).collect::<Vec<_>>();
+        assert_eq!(thin(p(3), 500).len(), 3);
+        for n in [499, 500, 501, 1000, 60_000, 60_001] {
+            let t = thin(p(n), 500);
+            assert!(t.len() <= 500, "{n}: {}", t.len());
+            assert!(t.len() >= 250, "{n}: {}", t.len());
+            assert_eq!(t[0].0, 0.0);
+            assert_eq!(t.last().unwrap().0, (n - 1) as f64);
+        }
     }
 }
