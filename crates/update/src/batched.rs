@@ -98,7 +98,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> BatchedMaml<B, M
     pub fn meta_gradient_vec(&self, episodes: &[EpisodeData]) -> Result<Vec<f64>> {
         let g = self.meta_gradient(episodes)?;
         Ok(params::grads_to_vec::<AB<B>, M>(
-            &self.inner.model,
+            self.inner.model(),
             &g.theta,
         ))
     }
@@ -106,7 +106,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> BatchedMaml<B, M
     fn meta_gradient(&self, episodes: &[EpisodeData]) -> Result<BatchGradient> {
         let sizes = self.inner.sizes();
         let kind = metalearn_core::episode::check_meta_batch(episodes)?;
-        let start = self.inner.model.valid();
+        let start = self.inner.model().valid();
         for e in episodes {
             metalearn_core::model::check_episode::<B, M::InnerModule, D>(&start, e)?;
         }
@@ -120,7 +120,7 @@ impl<B: Backend, M: BatchedMetaTrainable<B, D>, const D: usize> BatchedMaml<B, M
         // One example's shape (validated against the model above): how inputs unflatten.
         let example = &episodes[0].support.input_shape[1..];
 
-        let theta: M = params::require_grad(M::from_inner(self.inner.model.valid()));
+        let theta: M = params::require_grad(M::from_inner(self.inner.model().valid()));
         let arch = <M as HasAutodiffModule<AA<B>>>::TrainModule::from_inner(theta.clone());
         let mut phi: Vec<Tensor<AB<B>, 2>> = params::tensors(&theta)
             .into_iter()

@@ -21,13 +21,12 @@
 //! Batch norm: the zoo's models normalise with batch statistics; teacher and student see the
 //! same batches.
 
-use crate::inner::{adam_step, AB};
+use crate::inner::AB;
+use crate::outer::{outer_checkpoint_methods, Outer};
 use crate::protonet::{proto_curve, prototype_logits, ways};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -35,10 +34,10 @@ use metalearn_core::episode::{EpisodeData, HostBatch, TaskDistribution};
 use metalearn_core::error::{check_weights, ensure_positive, Error};
 
 type CoreResult<T> = metalearn_core::Result<T>;
-use metalearn_core::learner::{check_finite, AdaptationCurve, MetaLearner, StepStats};
-use metalearn_core::loss::{accuracy, cross_entropy, scalar};
+use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepStats};
+use metalearn_core::loss::{accuracy, cross_entropy};
 use metalearn_core::model::{EmbeddingModule, MetaModule};
-use metalearn_core::{params, SeedStream};
+use metalearn_core::SeedStream;
 
 /// Distillation hyper-parameters.
 ///
@@ -152,13 +151,11 @@ pub fn distillation_loss<B: Backend>(
 /// `T` is the teacher type on the plain backend `B` (never updated); `S` the student on
 /// `Autodiff<B>`.
 pub struct Distiller<B: Backend, S: AutodiffModule<AB<B>>, T, const D: usize> {
-    student: S,
+    outer: Outer<B, S>,
     teachers: Vec<T>,
     weights: Vec<f64>,
-    optim: OptimizerAdaptor<Adam, S, AB<B>>,
     config: DistillConfig,
     device: B::Device,
-    iterations: usize,
 }
 
 impl<B: Backend, S: AutodiffModule<AB<B>>, T, const D: usize> std::fmt::Debug
@@ -168,7 +165,7 @@ impl<B: Backend, S: AutodiffModule<AB<B>>, T, const D: usize> std::fmt::Debug
         f.debug_struct("Distiller")
             .field("config", &self.config)
             .field("teachers", &self.teachers.len())
-            .field("iterations", &self.iterations)
+            .field("iterations", &self.outer.iterations())
             .finish()
     }
 }
@@ -195,13 +192,11 @@ where
         }
         check_weights(&weights, teachers.len(), "teachers")?;
         Ok(Self {
-            student: params::require_grad(student),
+            outer: Outer::new(student),
             teachers,
             weights,
-            optim: AdamConfig::new().init(),
             config,
             device,
-            iterations: 0,
         })
     }
 
@@ -217,7 +212,7 @@ where
 
     /// The student.
     pub fn student(&self) -> &S {
-        &self.student
+        self.outer.model()
     }
 
     /// The distillation loss of the student on `batch` (classification, one-hot targets).
@@ -226,7 +221,7 @@ where
             return Err(Error::Empty("distillation batch (0 examples)"));
         }
         let example = batch.input_shape.get(1..).unwrap_or(&[]);
-        let widths = std::iter::once(self.student.output_width(example)?).chain(
+        let widths = std::iter::once(self.student().output_width(example)?).chain(
             self.teachers
                 .iter()
                 .map(|t| t.output_width(example))
@@ -248,7 +243,7 @@ where
             .collect();
         let soft = soft_targets(&z, &self.weights, self.config.temperature)?;
         let xs = batch.to_batch::<AB<B>, D>(&self.device)?;
-        let out = self.student.forward(xs.inputs);
+        let out = self.student().forward(xs.inputs);
         distillation_loss(
             out,
             Tensor::from_inner(soft),
@@ -262,18 +257,10 @@ where
     /// student is left unchanged and the error says so.
     pub fn step(&mut self, batch: &HostBatch) -> CoreResult<f64> {
         let loss = self.loss(batch)?;
-        let value = check_finite(self.iterations, scalar(loss.clone().inner()))?;
-        let grads =
-            GradientsParams::from_grads(metalearn_core::parallel::backward(loss)?, &self.student);
-        self.student = crate::inner::guarded_step(
-            &mut self.optim,
-            self.config.learning_rate,
-            &self.student,
-            grads,
-            self.iterations,
-        )?;
-        self.iterations += 1;
-        Ok(value)
+        let stats = self
+            .outer
+            .step_loss(self.config.learning_rate, loss, None)?;
+        Ok(stats.meta_loss)
     }
 
     /// `iterations` steps on batches drawn from `data` (support and query of each draw, e.g.
@@ -301,13 +288,11 @@ where
 /// the query labels). As a [`MetaLearner`] it evaluates like a ProtoNet (prototypes from the
 /// support set; no adaptation steps).
 pub struct EpisodicDistiller<B: Backend, S: AutodiffModule<AB<B>>, T, const D: usize> {
-    student: S,
+    outer: Outer<B, S>,
     teacher: T,
-    optim: OptimizerAdaptor<Adam, S, AB<B>>,
     config: DistillConfig,
     meta_batch_size: usize,
     device: B::Device,
-    iterations: usize,
 }
 
 impl<B: Backend, S: AutodiffModule<AB<B>>, T, const D: usize> std::fmt::Debug
@@ -316,7 +301,7 @@ impl<B: Backend, S: AutodiffModule<AB<B>>, T, const D: usize> std::fmt::Debug
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EpisodicDistiller")
             .field("config", &self.config)
-            .field("iterations", &self.iterations)
+            .field("iterations", &self.outer.iterations())
             .finish()
     }
 }
@@ -340,19 +325,17 @@ where
         config.validate()?;
         metalearn_core::error::ensure_nonzero("meta_batch_size", meta_batch_size)?;
         Ok(Self {
-            student: params::require_grad(student),
+            outer: Outer::new(student),
             teacher,
-            optim: AdamConfig::new().init(),
             config,
             meta_batch_size,
             device,
-            iterations: 0,
         })
     }
 
     /// The student embedding.
     pub fn student(&self) -> &S {
-        &self.student
+        self.outer.model()
     }
 }
 
@@ -382,9 +365,9 @@ where
             );
             let soft = soft_targets(&[teacher], &[1.0], t)?;
             let student = prototype_logits(
-                self.student.embed(Tensor::from_inner(s.inputs)),
+                self.student().embed(Tensor::from_inner(s.inputs)),
                 Tensor::from_inner(s.targets),
-                self.student.embed(Tensor::from_inner(q.inputs)),
+                self.student().embed(Tensor::from_inner(q.inputs)),
             );
             if let Some(l) = &q.labels {
                 acc += accuracy(student.clone().inner(), l);
@@ -405,17 +388,11 @@ where
         let loss = total
             .ok_or(Error::Empty("meta-batch"))?
             .mul_scalar(1.0 / episodes.len() as f64);
-        let (next, stats) = adam_step(
-            &self.student,
-            &mut self.optim,
+        self.outer.step_loss(
             self.config.learning_rate,
             loss,
-            self.iterations,
-            (acc, n),
-        )?;
-        self.student = next;
-        self.iterations += 1;
-        Ok(stats)
+            (n > 0).then(|| acc / n as f64),
+        )
     }
 
     fn meta_batch_size(&self) -> usize {
@@ -424,7 +401,7 @@ where
 
     fn adapt(&self, episode: &EpisodeData, _steps: usize) -> CoreResult<Self::Adapted> {
         ways(episode)?;
-        let model = self.student.valid();
+        let model = self.student().valid();
         let s = episode.support.to_batch::<B, D>(&self.device)?;
         let protos = crate::prototypes(model.embed(s.inputs), s.targets);
         Ok((model, protos))
@@ -436,7 +413,7 @@ where
         _steps: usize,
     ) -> CoreResult<AdaptationCurve> {
         proto_curve(
-            &self.student.valid(),
+            &self.student().valid(),
             episode,
             self.config.transductive,
             &self.device,
@@ -444,9 +421,22 @@ where
     }
 }
 
+impl<B, S, T, const D: usize> metalearn_core::Checkpoint for EpisodicDistiller<B, S, T, D>
+where
+    B: Backend,
+    S: AutodiffModule<AB<B>> + EmbeddingModule<AB<B>, D>,
+    S::InnerModule: EmbeddingModule<B, D>,
+    T: EmbeddingModule<B, D>,
+{
+    // The teacher is fixed (rebuilt by whoever resumes); the state is the student's.
+    outer_checkpoint_methods!("EpisodicDistiller");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metalearn_core::loss::scalar;
+    use metalearn_core::params;
     // f32 here (unit tests share a process, and NdArray's default float type with it); the
     // f64 finite-difference check of the gradient is in tests/gradcheck_f64.rs.
     type Bk = metalearn_core::backend::NdArrayCpu;

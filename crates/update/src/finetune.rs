@@ -6,23 +6,20 @@
 //! body is frozen and a new linear head is trained on the support set's embeddings.
 
 use crate::head::LinearHead;
-use crate::inner::{adam_step, AB};
-use crate::state::{model_optim_from, model_optim_state};
+use crate::inner::AB;
+use crate::outer::{outer_checkpoint_methods, Outer};
 use crate::transfer::fit_head;
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use metalearn_core::checkpoint::{Checkpoint, LearnerState};
+use metalearn_core::checkpoint::Checkpoint;
 use metalearn_core::episode::{EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_positive, Error};
 use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use metalearn_core::loss::{accuracy, cross_entropy, scalar};
 use metalearn_core::model::{non_transductive, EmbeddingModule, MetaModule};
-use metalearn_core::params;
 
 /// Baseline hyper-parameters.
 ///
@@ -64,11 +61,9 @@ where
     M: AutodiffModule<AB<B>> + MetaModule<AB<B>, D>,
     M::InnerModule: EmbeddingModule<B, D>,
 {
-    model: M,
-    optim: OptimizerAdaptor<Adam, M, AB<B>>,
+    outer: Outer<B, M>,
     config: FineTuneConfig,
     device: B::Device,
-    iterations: usize,
 }
 
 impl<B: Backend, M, const D: usize> std::fmt::Debug for FineTune<B, M, D>
@@ -79,7 +74,7 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FineTune")
             .field("config", &self.config)
-            .field("iterations", &self.iterations)
+            .field("iterations", &self.outer.iterations())
             .finish()
     }
 }
@@ -93,17 +88,15 @@ where
     pub fn new(config: FineTuneConfig, model: M, device: B::Device) -> UpdateResult<Self> {
         config.validate()?;
         Ok(Self {
-            model: params::require_grad(model),
-            optim: AdamConfig::new().init(),
+            outer: Outer::new(model),
             config,
             device,
-            iterations: 0,
         })
     }
 
     /// The pretrained classifier.
     pub fn model(&self) -> &M {
-        &self.model
+        self.outer.model()
     }
 }
 
@@ -120,7 +113,7 @@ where
         let first = episodes.first().ok_or(Error::Empty("batch"))?;
         metalearn_core::episode::check_meta_batch(episodes)?;
         for ep in episodes {
-            metalearn_core::model::check_episode::<AB<B>, M, D>(&self.model, ep)?;
+            metalearn_core::model::check_episode::<AB<B>, M, D>(self.model(), ep)?;
         }
         let classes = match first.kind {
             TaskKind::Classification { ways } => ways,
@@ -131,7 +124,7 @@ where
         for ep in episodes {
             for b in [&ep.support, &ep.query] {
                 let x = b.to_batch::<AB<B>, D>(&self.device)?;
-                let out = self.model.forward(x.inputs);
+                let out = self.model().forward(x.inputs);
                 if out.dims()[1] != classes {
                     return Err(Error::ShapeMismatch(format!(
                         "model has {} outputs for {classes} pretraining classes",
@@ -152,17 +145,11 @@ where
         let loss = total
             .ok_or(Error::Empty("batch"))?
             .mul_scalar(1.0 / (2 * episodes.len()) as f64);
-        let (next, stats) = adam_step(
-            &self.model,
-            &mut self.optim,
+        self.outer.step_loss(
             self.config.learning_rate,
             loss,
-            self.iterations,
-            (acc, n),
-        )?;
-        self.model = next;
-        self.iterations += 1;
-        Ok(stats)
+            (n > 0).then(|| acc / n as f64),
+        )
     }
 
     fn meta_batch_size(&self) -> usize {
@@ -170,7 +157,7 @@ where
     }
 
     fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Self::Adapted> {
-        let body = self.model.valid();
+        let body = self.model().valid();
         let head = fit_head(
             &body,
             episode,
@@ -188,7 +175,7 @@ where
         steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
         let q = episode.query.to_batch::<B, D>(&self.device)?;
-        let body = self.model.valid();
+        let body = self.model().valid();
         let emb = if self.config.transductive {
             body.embed(q.inputs)
         } else {
@@ -221,31 +208,5 @@ where
     M: AutodiffModule<AB<B>> + MetaModule<AB<B>, D>,
     M::InnerModule: EmbeddingModule<B, D>,
 {
-    fn learner_name(&self) -> &'static str {
-        "FineTune"
-    }
-
-    fn iterations(&self) -> usize {
-        self.iterations
-    }
-
-    fn parameters(&self) -> Vec<f64> {
-        metalearn_core::params::to_vec(&self.model)
-    }
-
-    fn state(&self) -> metalearn_core::Result<LearnerState> {
-        model_optim_state::<B, M>(
-            self.learner_name(),
-            self.iterations,
-            &self.model,
-            &self.optim,
-        )
-    }
-
-    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
-        let (model, optim) =
-            model_optim_from::<B, M>(state, self.learner_name(), &self.model, &self.device)?;
-        (self.model, self.optim, self.iterations) = (model, optim, state.iterations);
-        Ok(())
-    }
+    outer_checkpoint_methods!("FineTune");
 }

@@ -12,7 +12,6 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{Error, Result};
-use metalearn_core::learner::{check_finite, StepStats};
 use metalearn_core::loss::{accuracy, scalar, task_loss};
 use metalearn_core::model::{check_episode, non_transductive, MetaModule, MetaTrainable};
 use metalearn_core::params;
@@ -176,8 +175,9 @@ pub(crate) trait InnerAdapt<B: Backend, M: MetaTrainable<B, D>, const D: usize> 
     fn device(&self) -> &B::Device;
 }
 
-/// [`InnerAdapt`] for a learner `$learner<B, M, D>` with the fields `model`, `config.transductive`
-/// and `device`, whose method `$make()` returns its inner rule of type `$rule`.
+/// [`InnerAdapt`] for a learner `$learner<B, M, D>` with a method `model()`, the fields
+/// `config.transductive` and `device`, whose method `$make()` returns its inner rule of type
+/// `$rule`.
 macro_rules! impl_inner_adapt {
     ($learner:ident, $rule:ty, $make:ident) => {
         impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> $crate::inner::InnerAdapt<B, M, D>
@@ -186,7 +186,7 @@ macro_rules! impl_inner_adapt {
             type Rule = $rule;
 
             fn start(&self) -> M::InnerModule {
-                self.model.valid()
+                self.model().valid()
             }
 
             fn inner_rule(&self) -> $rule {
@@ -492,31 +492,6 @@ pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usiz
         Ok(())
     })?;
     Ok(curve)
-}
-
-/// One Adam step of `model` on `loss` (the learners whose update is a plain gradient step:
-/// ProtoNet, FineTune, EpisodicDistiller): the new model and the iteration's statistics, with
-/// the mean accuracy `acc / n` over the `n` scored episodes. A non-finite loss is
-/// `Error::Diverged` and takes no step.
-pub(crate) fn adam_step<B: Backend, M: AutodiffModule<AB<B>>>(
-    model: &M,
-    optim: &mut OptimizerAdaptor<Adam, M, AB<B>>,
-    learning_rate: f64,
-    loss: Tensor<AB<B>, 1>,
-    iteration: usize,
-    (acc, n): (f64, usize),
-) -> Result<(M, StepStats)> {
-    let value = check_finite(iteration, scalar(loss.clone().inner()))?;
-    let grads = GradientsParams::from_grads(metalearn_core::parallel::backward(loss)?, model);
-    let next = guarded_step(optim, learning_rate, model, grads, iteration)?;
-    Ok((
-        next,
-        StepStats {
-            iteration,
-            meta_loss: value,
-            meta_accuracy: (n > 0).then(|| acc / n as f64),
-        },
-    ))
 }
 
 /// `optim.step` that refuses an update producing a non-finite parameter: then the optimiser's

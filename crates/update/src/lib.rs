@@ -51,6 +51,7 @@ mod inner;
 mod maml;
 mod maml_pp;
 mod meta_sgd;
+pub mod outer;
 mod protonet;
 mod reptile;
 mod state;
@@ -67,6 +68,7 @@ pub use head::LinearHead;
 pub use maml::{Maml, MamlConfig};
 pub use maml_pp::{MamlPlusPlus, MamlPlusPlusConfig, StepRates};
 pub use meta_sgd::MetaSgd;
+pub use outer::{Learned, Outer};
 pub use protonet::{prototype_logits, prototype_logits_from, prototypes, ProtoNet, ProtoNetConfig};
 pub use reptile::{Reptile, ReptileConfig};
 

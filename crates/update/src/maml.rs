@@ -13,20 +13,18 @@
 //! is applied to θ.
 
 use crate::inner::{
-    adapt, adaptation_methods, evaluate, guarded_step, impl_inner_adapt, meta_batch_gradient,
-    BatchGradient, Sizes, AB,
+    adapt, adaptation_methods, evaluate, impl_inner_adapt, meta_batch_gradient, BatchGradient,
+    Sizes, AB,
 };
-use crate::state::{model_optim_from, model_optim_state};
+use crate::outer::{outer_checkpoint_methods, Outer};
 use crate::Result as UpdateResult;
 use burn::config::Config;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use metalearn_core::checkpoint::{Checkpoint, LearnerState};
+use metalearn_core::checkpoint::Checkpoint;
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
-use metalearn_core::learner::{check_finite, MetaLearner, StepStats};
+use metalearn_core::learner::{MetaLearner, StepStats};
 use metalearn_core::model::MetaTrainable;
 use metalearn_core::parallel::TaskPool;
 use metalearn_core::params;
@@ -148,21 +146,19 @@ impl MamlConfig {
 /// Model-Agnostic Meta-Learning over any [`MetaTrainable`] model with rank-`D` inputs
 /// (and ANIL, with [`MamlConfig::anil`]).
 pub struct Maml<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
-    pub(crate) model: M,
+    outer: Outer<B, M>,
     /// Which parameter tensors the inner loop adapts (from the config's groups).
     mask: Vec<bool>,
-    optim: OptimizerAdaptor<Adam, M, AB<B>>,
     pub(crate) config: MamlConfig,
     pub(crate) device: B::Device,
     pub(crate) pool: TaskPool,
-    iterations: usize,
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Maml<B, M, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Maml")
             .field("config", &self.config)
-            .field("iterations", &self.iterations)
+            .field("iterations", &self.iterations())
             .finish()
     }
 }
@@ -173,24 +169,22 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
         config.validate()?;
         let mask = config.inner_mask(&params::names(&model))?;
         Ok(Self {
-            model: params::require_grad(model),
+            outer: Outer::new(model),
             mask,
-            optim: AdamConfig::new().init(),
             pool: TaskPool::new(config.threads),
             config,
             device,
-            iterations: 0,
         })
     }
 
     /// The meta-learned model.
     pub fn model(&self) -> &M {
-        &self.model
+        self.outer.model()
     }
 
     /// Consume the learner, returning the model.
     pub fn into_model(self) -> M {
-        self.model
+        self.outer.into_model()
     }
 
     /// The hyper-parameters.
@@ -200,7 +194,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
 
     /// Meta-iterations done so far.
     pub fn iterations(&self) -> usize {
-        self.iterations
+        self.outer.iterations()
     }
 
     pub(crate) fn sizes(&self) -> Sizes<Tensor<B, 1>> {
@@ -233,7 +227,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
     /// parameter visiting order.
     pub fn meta_gradient_vec(&self, episodes: &[EpisodeData]) -> metalearn_core::Result<Vec<f64>> {
         let g = self.meta_gradient(episodes)?;
-        Ok(params::grads_to_vec::<AB<B>, M>(&self.model, &g.theta))
+        Ok(params::grads_to_vec::<AB<B>, M>(self.model(), &g.theta))
     }
 
     pub(crate) fn meta_gradient(
@@ -242,7 +236,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
     ) -> metalearn_core::Result<BatchGradient> {
         meta_batch_gradient::<B, M, D>(
             &self.pool,
-            &self.model,
+            self.model(),
             None,
             &self.sizes(),
             episodes,
@@ -253,21 +247,8 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Maml<B, M, D> {
 
     /// Apply a meta-gradient unless its loss diverged (then nothing changes).
     pub(crate) fn apply(&mut self, g: BatchGradient) -> metalearn_core::Result<StepStats> {
-        check_finite(self.iterations, g.loss)?;
-        self.model = guarded_step(
-            &mut self.optim,
-            self.config.outer_lr,
-            &self.model,
-            g.theta,
-            self.iterations,
-        )?;
-        let stats = StepStats {
-            iteration: self.iterations,
-            meta_loss: g.loss,
-            meta_accuracy: g.accuracy,
-        };
-        self.iterations += 1;
-        Ok(stats)
+        self.outer
+            .step(self.config.outer_lr, g.theta, g.loss, g.accuracy)
     }
 }
 
@@ -289,31 +270,5 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Maml<B, M, D> {
-    fn learner_name(&self) -> &'static str {
-        "MAML"
-    }
-
-    fn iterations(&self) -> usize {
-        self.iterations
-    }
-
-    fn parameters(&self) -> Vec<f64> {
-        metalearn_core::params::to_vec(&self.model)
-    }
-
-    fn state(&self) -> metalearn_core::Result<LearnerState> {
-        model_optim_state::<B, M>(
-            self.learner_name(),
-            self.iterations,
-            &self.model,
-            &self.optim,
-        )
-    }
-
-    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
-        let (model, optim) =
-            model_optim_from::<B, M>(state, self.learner_name(), &self.model, &self.device)?;
-        (self.model, self.optim, self.iterations) = (model, optim, state.iterations);
-        Ok(())
-    }
+    outer_checkpoint_methods!("MAML");
 }

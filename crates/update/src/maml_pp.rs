@@ -22,20 +22,20 @@
 //! against f64 finite differences in `tests/gradcheck_f64.rs`).
 
 use crate::inner::{
-    adaptation_methods, collect_grads, evaluate, group_mask, guarded_step, impl_inner_adapt,
-    mean_grads, InnerUpdate, AA, AB,
+    adaptation_methods, collect_grads, evaluate, group_mask, impl_inner_adapt, mean_grads,
+    InnerUpdate, AA, AB,
 };
-use crate::state::{put_module, put_optim, take_module, take_optim, OuterAdam};
+use crate::outer::{Learned, Outer};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::{AutodiffModule, HasAutodiffModule, Module, Param};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use metalearn_core::checkpoint::{Checkpoint, LearnerState};
 use metalearn_core::episode::EpisodeData;
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
-use metalearn_core::learner::{check_finite, MetaLearner, StepStats};
+use metalearn_core::learner::{MetaLearner, StepStats};
 use metalearn_core::loss::{accuracy, scalar, task_loss};
 use metalearn_core::model::{check_episode, MetaModule, MetaTrainable};
 use metalearn_core::parallel::TaskPool;
@@ -179,22 +179,19 @@ pub struct StepRates<B: Backend> {
 
 /// MAML++ over any [`MetaTrainable`] model.
 pub struct MamlPlusPlus<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
-    model: M,
-    rates: Option<StepRates<AB<B>>>,
+    outer: Outer<B, M>,
+    rates: Option<Learned<B, StepRates<AB<B>>>>,
     mask: Vec<bool>,
-    optim: OuterAdam<B, M>,
-    optim_rates: OuterAdam<B, StepRates<AB<B>>>,
     config: MamlPlusPlusConfig,
     device: B::Device,
     pool: TaskPool,
-    iterations: usize,
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for MamlPlusPlus<B, M, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MamlPlusPlus")
             .field("config", &self.config)
-            .field("iterations", &self.iterations)
+            .field("iterations", &self.outer.iterations())
             .finish()
     }
 }
@@ -247,32 +244,29 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
                 TensorData::new(init, [config.inner_steps, names.len()]),
                 &device,
             );
-            params::require_grad(StepRates {
+            Learned::new(StepRates {
                 rates: Param::from_tensor(t),
             })
         });
         Ok(Self {
-            model: params::require_grad(model),
+            outer: Outer::new(model),
             rates,
             mask,
-            optim: AdamConfig::new().init(),
-            optim_rates: AdamConfig::new().init(),
             pool: TaskPool::new(config.threads),
             config,
             device,
-            iterations: 0,
         })
     }
 
     /// The meta-learned initialisation θ.
     pub fn model(&self) -> &M {
-        &self.model
+        self.outer.model()
     }
 
     /// The learned inner rates `[step][tensor]` (tensors in visiting order), if learned.
     pub fn rates(&self) -> Option<Vec<Vec<f64>>> {
         self.rates.as_ref().map(|r| {
-            let t = r.rates.val();
+            let t = r.module().rates.val();
             let [_, n] = t.dims();
             let v: Vec<f64> = t.into_data().iter::<f64>().collect();
             v.chunks(n.max(1)).map(<[f64]>::to_vec).collect()
@@ -302,7 +296,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
         rates: Option<Vec<Vec<f64>>>,
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<f64> {
-        let weights = self.config.loss_weights_at(self.iterations);
+        let weights = self.config.loss_weights_at(self.outer.iterations());
         let mut total = 0.0;
         for ep in episodes {
             let mut rule = self.rule();
@@ -338,10 +332,10 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
     ) -> metalearn_core::Result<(Vec<f64>, Vec<f64>)> {
         let (theta, rates, _, _) = self.meta_gradient(episodes)?;
         let r = match (&self.rates, rates) {
-            (Some(m), Some(g)) => params::grads_to_vec::<AB<B>, StepRates<AB<B>>>(m, &g),
+            (Some(m), Some(g)) => params::grads_to_vec::<AB<B>, StepRates<AB<B>>>(m.module(), &g),
             _ => Vec::new(),
         };
-        Ok((params::grads_to_vec::<AB<B>, M>(&self.model, &theta), r))
+        Ok((params::grads_to_vec::<AB<B>, M>(self.model(), &theta), r))
     }
 
     #[allow(clippy::type_complexity)]
@@ -350,10 +344,10 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<(GradientsParams, Option<GradientsParams>, f64, Option<f64>)> {
         metalearn_core::episode::check_meta_batch(episodes)?;
-        let weights = self.config.loss_weights_at(self.iterations);
-        let second_order = self.config.second_order_at(self.iterations);
-        let theta = self.model.valid();
-        let rates = self.rates.as_ref().map(AutodiffModule::valid);
+        let weights = self.config.loss_weights_at(self.outer.iterations());
+        let second_order = self.config.second_order_at(self.outer.iterations());
+        let theta = self.model().valid();
+        let rates = self.rates.as_ref().map(|r| r.module().valid());
         let jobs: Vec<_> = episodes
             .iter()
             .map(|e| (theta.clone(), rates.clone(), e))
@@ -382,10 +376,10 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
         }
         let n = thetas.len().max(1) as f64;
         Ok((
-            mean_grads::<B, M>(&self.model, thetas),
+            mean_grads::<B, M>(self.model(), thetas),
             self.rates
                 .as_ref()
-                .map(|m| mean_grads::<B, StepRates<AB<B>>>(m, rate_parts)),
+                .map(|m| mean_grads::<B, StepRates<AB<B>>>(m.module(), rate_parts)),
             loss / n,
             (n_acc > 0).then(|| acc / n_acc as f64),
         ))
@@ -478,27 +472,9 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Maml
 
     fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
         let (theta, rates, loss, acc) = self.meta_gradient(episodes)?;
-        let it = self.iterations;
-        check_finite(it, loss)?;
-        let lr = self.config.outer_lr_at(it);
-        let saved = self.optim.clone();
-        let model = guarded_step(&mut self.optim, lr, &self.model, theta, it)?;
-        if let (Some(current), Some(g)) = (&self.rates, rates) {
-            match guarded_step(&mut self.optim_rates, lr, current, g, it) {
-                Ok(r) => self.rates = Some(r),
-                Err(e) => {
-                    self.optim = saved;
-                    return Err(e);
-                }
-            }
-        }
-        self.model = model;
-        self.iterations += 1;
-        Ok(StepStats {
-            iteration: it,
-            meta_loss: loss,
-            meta_accuracy: acc,
-        })
+        let lr = self.config.outer_lr_at(self.outer.iterations());
+        let extra = self.rates.as_mut().zip(rates);
+        self.outer.step_with(lr, theta, extra, loss, acc)
     }
 
     fn meta_batch_size(&self) -> usize {
@@ -514,46 +490,32 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for MamlPlus
     }
 
     fn iterations(&self) -> usize {
-        self.iterations
+        self.outer.iterations()
     }
 
     fn parameters(&self) -> Vec<f64> {
-        let mut v = params::to_vec(&self.model);
+        let mut v = self.outer.parameters();
         if let Some(r) = &self.rates {
-            v.extend(params::to_vec(r));
+            v.extend(params::to_vec(r.module()));
         }
         v
     }
 
     fn state(&self) -> metalearn_core::Result<LearnerState> {
-        let s = LearnerState::new(self.learner_name(), self.iterations);
-        let mut s = put_module::<B, M>(s, "model", &self.model)?;
-        s = put_optim::<B, M>(s, "optim", &self.optim)?;
-        if let Some(r) = &self.rates {
-            s = put_module::<B, StepRates<AB<B>>>(s, "rates", r)?;
-            s = put_optim::<B, StepRates<AB<B>>>(s, "optim_rates", &self.optim_rates)?;
+        let s = self.outer.save(self.learner_name())?;
+        match &self.rates {
+            Some(r) => r.save(s, "rates", "optim_rates"),
+            None => Ok(s),
         }
-        Ok(s)
     }
 
     fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
-        state.expect_learner(self.learner_name())?;
-        let model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
-        let optim = take_optim::<B, M>(state, "optim", &self.device)?;
-        let (rates, optim_rates) = match &self.rates {
-            Some(r) => (
-                Some(take_module::<B, StepRates<AB<B>>>(
-                    state,
-                    "rates",
-                    r,
-                    &self.device,
-                )?),
-                take_optim::<B, StepRates<AB<B>>>(state, "optim_rates", &self.device)?,
-            ),
-            None => (None, AdamConfig::new().init()),
+        let outer = self.outer.load(state, self.learner_name(), &self.device)?;
+        let rates = match &self.rates {
+            Some(r) => Some(r.load(state, "rates", "optim_rates", &self.device)?),
+            None => None,
         };
-        (self.model, self.optim, self.rates, self.optim_rates) = (model, optim, rates, optim_rates);
-        self.iterations = state.iterations;
+        (self.outer, self.rates) = (outer, rates);
         Ok(())
     }
 }

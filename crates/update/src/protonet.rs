@@ -5,22 +5,19 @@
 //! embedding network is trained end to end on episodes (optionally with more ways at training
 //! than at test, which Snell et al. found helps: 60-way training for Omniglot).
 
-use crate::inner::{adam_step, AB};
-use crate::state::{model_optim_from, model_optim_state};
+use crate::inner::AB;
+use crate::outer::{outer_checkpoint_methods, Outer};
 use crate::Result as UpdateResult;
 use burn::config::Config;
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use metalearn_core::checkpoint::{Checkpoint, LearnerState};
+use metalearn_core::checkpoint::Checkpoint;
 use metalearn_core::episode::{check_meta_batch, EpisodeData, TaskKind};
 use metalearn_core::error::{ensure_nonzero, ensure_positive, Error};
 use metalearn_core::learner::{AdaptationCurve, MetaLearner, StepMetrics, StepStats};
 use metalearn_core::loss::{accuracy, cross_entropy, scalar};
 use metalearn_core::model::{check_embed_episode, non_transductive, EmbeddingModule};
-use metalearn_core::params;
 
 /// Prototypical Networks hyper-parameters.
 ///
@@ -101,11 +98,9 @@ where
     M: AutodiffModule<AB<B>> + EmbeddingModule<AB<B>, D>,
     M::InnerModule: EmbeddingModule<B, D>,
 {
-    model: M,
-    optim: OptimizerAdaptor<Adam, M, AB<B>>,
+    outer: Outer<B, M>,
     config: ProtoNetConfig,
     device: B::Device,
-    iterations: usize,
 }
 
 impl<B: Backend, M, const D: usize> std::fmt::Debug for ProtoNet<B, M, D>
@@ -116,7 +111,7 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProtoNet")
             .field("config", &self.config)
-            .field("iterations", &self.iterations)
+            .field("iterations", &self.outer.iterations())
             .finish()
     }
 }
@@ -140,24 +135,22 @@ where
     pub fn new(config: ProtoNetConfig, model: M, device: B::Device) -> UpdateResult<Self> {
         config.validate()?;
         Ok(Self {
-            model: params::require_grad(model),
-            optim: AdamConfig::new().init(),
+            outer: Outer::new(model),
             config,
             device,
-            iterations: 0,
         })
     }
 
     /// The embedding network.
     pub fn model(&self) -> &M {
-        &self.model
+        self.outer.model()
     }
 
     fn learning_rate(&self) -> f64 {
         let c = &self.config;
         match c.lr_halving_every {
             0 => c.learning_rate,
-            k => c.learning_rate * 0.5f64.powi((self.iterations / k) as i32),
+            k => c.learning_rate * 0.5f64.powi((self.outer.iterations() / k) as i32),
         }
     }
 }
@@ -176,13 +169,13 @@ where
         let (mut acc, mut n) = (0.0, 0usize);
         for ep in episodes {
             ways(ep)?;
-            check_embed_episode::<AB<B>, M, D>(&self.model, ep)?;
+            check_embed_episode::<AB<B>, M, D>(self.model(), ep)?;
             let s = ep.support.to_batch::<AB<B>, D>(&self.device)?;
             let q = ep.query.to_batch::<AB<B>, D>(&self.device)?;
             let logits = prototype_logits(
-                self.model.embed(s.inputs),
+                self.model().embed(s.inputs),
                 s.targets,
-                self.model.embed(q.inputs),
+                self.model().embed(q.inputs),
             );
             if let Some(l) = &q.labels {
                 acc += accuracy(logits.clone().inner(), l);
@@ -200,22 +193,13 @@ where
         let value = scalar(loss.clone().inner());
         if value > self.config.divergence_loss {
             return Err(Error::Diverged {
-                iteration: self.iterations,
+                iteration: self.outer.iterations(),
                 value,
             });
         }
         let lr = self.learning_rate();
-        let (next, stats) = adam_step(
-            &self.model,
-            &mut self.optim,
-            lr,
-            loss,
-            self.iterations,
-            (acc, n),
-        )?;
-        self.model = next;
-        self.iterations += 1;
-        Ok(stats)
+        self.outer
+            .step_loss(lr, loss, (n > 0).then(|| acc / n as f64))
     }
 
     fn meta_batch_size(&self) -> usize {
@@ -225,7 +209,7 @@ where
     /// Prototypes from the support set; `steps` is ignored (no gradient steps at test time).
     fn adapt(&self, episode: &EpisodeData, _steps: usize) -> metalearn_core::Result<Self::Adapted> {
         ways(episode)?;
-        let model = self.model.valid();
+        let model = self.model().valid();
         check_embed_episode::<B, _, D>(&model, episode)?;
         let s = episode.support.to_batch::<B, D>(&self.device)?;
         let protos = prototypes(model.embed(s.inputs), s.targets);
@@ -239,7 +223,7 @@ where
         _steps: usize,
     ) -> metalearn_core::Result<AdaptationCurve> {
         proto_curve(
-            &self.model.valid(),
+            &self.model().valid(),
             episode,
             self.config.transductive,
             &self.device,
@@ -248,7 +232,7 @@ where
 
     fn predict(&self, episode: &EpisodeData, _steps: usize) -> metalearn_core::Result<Vec<f32>> {
         let logits = proto_query_logits::<B, M::InnerModule, D>(
-            &self.model.valid(),
+            &self.model().valid(),
             episode,
             self.config.transductive,
             &self.device,
@@ -310,33 +294,7 @@ where
     M: AutodiffModule<AB<B>> + EmbeddingModule<AB<B>, D>,
     M::InnerModule: EmbeddingModule<B, D>,
 {
-    fn learner_name(&self) -> &'static str {
-        "ProtoNet"
-    }
-
-    fn iterations(&self) -> usize {
-        self.iterations
-    }
-
-    fn parameters(&self) -> Vec<f64> {
-        metalearn_core::params::to_vec(&self.model)
-    }
-
-    fn state(&self) -> metalearn_core::Result<LearnerState> {
-        model_optim_state::<B, M>(
-            self.learner_name(),
-            self.iterations,
-            &self.model,
-            &self.optim,
-        )
-    }
-
-    fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
-        let (model, optim) =
-            model_optim_from::<B, M>(state, self.learner_name(), &self.model, &self.device)?;
-        (self.model, self.optim, self.iterations) = (model, optim, state.iterations);
-        Ok(())
-    }
+    outer_checkpoint_methods!("ProtoNet");
 }
 
 #[cfg(test)]

@@ -58,30 +58,3 @@ pub(crate) fn take_optim<B: Backend, M: AutodiffModule<AB<B>>>(
         None => fresh,
     })
 }
-
-/// The state of a learner made of a model and one outer Adam optimiser (parts `model` and
-/// `optim`).
-pub(crate) fn model_optim_state<B: Backend, M: AutodiffModule<AB<B>>>(
-    learner: &str,
-    iterations: usize,
-    model: &M,
-    optim: &OuterAdam<B, M>,
-) -> Result<LearnerState> {
-    let s = put_module::<B, M>(LearnerState::new(learner, iterations), "model", model)?;
-    put_optim::<B, M>(s, "optim", optim)
-}
-
-/// What [`model_optim_state`] saved, checked to be `learner`'s and loaded into a copy of
-/// `current`: the caller swaps it in only when everything loaded.
-pub(crate) fn model_optim_from<B: Backend, M: AutodiffModule<AB<B>>>(
-    state: &LearnerState,
-    learner: &str,
-    current: &M,
-    device: &B::Device,
-) -> Result<(M, OuterAdam<B, M>)> {
-    state.expect_learner(learner)?;
-    Ok((
-        take_module::<B, M>(state, "model", current, device)?,
-        take_optim::<B, M>(state, "optim", device)?,
-    ))
-}
