@@ -573,6 +573,40 @@ pub fn differing_keys(a: &Table, b: &Table) -> Vec<String> {
 /// stop it sooner) and the test protocol (`eval`).
 pub const RESUMABLE_CHANGES: [&str; 2] = ["budget.iterations", "eval"];
 
+/// The `keys` that are not (under) one of the `mutable` keys or tables.
+fn fixed_keys(keys: &[String], mutable: &[&str]) -> Vec<String> {
+    keys.iter()
+        .filter(|k| {
+            !mutable
+                .iter()
+                .any(|m| k == m || k.strip_prefix(m).is_some_and(|r| r.starts_with('.')))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Check that the experiment file `file` (hand-written: keys may be left to their defaults)
+/// describes `exp` up to [`RESUMABLE_CHANGES`]; refuses a different one, naming the keys.
+pub fn check_same_experiment(
+    exp: &Experiment,
+    file: &Path,
+) -> std::result::Result<(), crate::Error> {
+    let other = Experiment::load(file)?;
+    let keys = fixed_keys(
+        &differing_keys(other.resolved(), exp.resolved()),
+        &RESUMABLE_CHANGES,
+    );
+    if keys.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Differs {
+            dir: file.parent().unwrap_or(file).display().to_string(),
+            keys,
+        }
+        .into())
+    }
+}
+
 /// Check `exp` against the run directory's `experiment.toml` (refusing a different one) or
 /// write it there for a new run. A change of only [`RESUMABLE_CHANGES`] is accepted and
 /// recorded: running the file again with a larger `budget.iterations` continues the run.
@@ -600,15 +634,7 @@ pub(crate) fn claim(
             message: e.to_string(),
         })?;
         let keys = differing_keys(&old, table);
-        let fixed: Vec<String> = keys
-            .iter()
-            .filter(|k| {
-                !mutable
-                    .iter()
-                    .any(|m| k == m || k.strip_prefix(m).is_some_and(|r| r.starts_with('.')))
-            })
-            .cloned()
-            .collect();
+        let fixed = fixed_keys(&keys, mutable);
         if !fixed.is_empty() {
             return Err(ConfigError::Differs {
                 dir: dir.display().to_string(),

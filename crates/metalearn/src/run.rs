@@ -2,8 +2,8 @@
 //! and learner on a backend, train it in a run directory, evaluate the best model.
 
 use crate::experiment::{
-    claim_run_dir, load_run_dir, Experiment, FolderSplit, LearnerSpec, ModelSpec, OmniglotSplit,
-    TaskSpec,
+    check_same_experiment, claim_run_dir, load_run_dir, Experiment, FolderSplit, LearnerSpec,
+    ModelSpec, OmniglotSplit, TaskSpec,
 };
 use crate::{Error, Result};
 use burn::backend::Autodiff;
@@ -560,7 +560,14 @@ pub fn ship(run: &Path, to: &Path, commit: Option<String>) -> Result<ShippedResu
             }
         }
     }
-    claim_run_dir(&exp, to)?;
+    // A hand-written experiment file already there (with its comments) stays, if it describes
+    // the same experiment; otherwise the run's resolved one is written.
+    let file = to.join("experiment.toml");
+    if file.exists() {
+        check_same_experiment(&exp, &file)?;
+    } else {
+        claim_run_dir(&exp, to)?;
+    }
     let from = RunDir::new(run);
     let dest = RunDir::new(to);
     for (a, b) in [
