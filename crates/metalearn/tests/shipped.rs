@@ -1,0 +1,79 @@
+//! The meta-trained models shipped under `models/`: each loads from its directory alone
+//! (experiment file, `best/`), is under 1 MB, and a short evaluation on the meta-test tasks lands
+//! inside the interval its `RESULT.json` records. Reads Omniglot from `METALEARN_DATA`
+//! (CI: `../shared/data`); skipped loudly without it.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+
+use metalearn::run::{eval, read_result, EvalOverrides};
+use std::path::{Path, PathBuf};
+
+/// Every directory under `models/` holding a `RESULT.json`.
+fn shipped() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "RESULT.json") {
+                out.push(d.clone());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn shipped_models_load_and_reproduce_their_accuracy() {
+    let models = shipped();
+    assert!(!models.is_empty(), "no RESULT.json under models/");
+    for dir in &models {
+        let r = read_result(dir).unwrap();
+        let size = std::fs::metadata(dir.join("best/model.mlstate"))
+            .unwrap()
+            .len();
+        assert!(size < 1 << 20, "{}: model is {size} bytes", dir.display());
+        assert_eq!(
+            r.test.queries,
+            15,
+            "{}: the papers' 15 queries",
+            dir.display()
+        );
+        assert!(r.test.episodes >= 600, "{}", dir.display());
+    }
+    if std::env::var_os("METALEARN_DATA").is_none() {
+        eprintln!(
+            "\n!!!!! SKIPPED: METALEARN_DATA is not set; shipped models not evaluated !!!!!\n"
+        );
+        return;
+    }
+    for dir in &models {
+        let r = read_result(dir).unwrap();
+        let short = eval(
+            dir,
+            EvalOverrides {
+                episodes: Some(50),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // The first 50 of the recorded 600 episodes (same seeds), so the two estimates share
+        // their episodes: the short one must land within both intervals' reach of the long one.
+        let (a, c) = (short.accuracy.unwrap(), short.accuracy_ci95.unwrap());
+        let (a0, c0) = (r.test.accuracy.unwrap(), r.test.accuracy_ci95.unwrap());
+        assert!(
+            (a - a0).abs() <= c + c0,
+            "{}: 50 episodes give {:.2} ± {:.2}%, RESULT.json {:.2} ± {:.2}%",
+            dir.display(),
+            100.0 * a,
+            100.0 * c,
+            100.0 * a0,
+            100.0 * c0
+        );
+        assert_eq!(short.iterations, r.test.iterations, "{}", dir.display());
+    }
+}
