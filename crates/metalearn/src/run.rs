@@ -531,7 +531,8 @@ pub struct ShippedResult {
     pub version: String,
 }
 
-/// Files of a run directory a shipped model keeps beside `best/` and `RESULT.json`.
+/// Files of a run directory a shipped model keeps beside `best/` and `RESULT.json` (those the
+/// run has).
 const SHIPPED_FILES: [&str; 3] = ["report.md", "learning_curve.svg", "meta_loss.svg"];
 
 /// Ship the best model of the run in `run` to `to`: measure it on the experiment's test
@@ -570,18 +571,14 @@ pub fn ship(run: &Path, to: &Path, commit: Option<String>) -> Result<ShippedResu
     }
     let from = RunDir::new(run);
     let dest = RunDir::new(to);
-    for (a, b) in [
-        (from.best_model(), dest.best_model()),
-        (from.best_info(), dest.best_info()),
-    ]
-    .into_iter()
-    .chain(SHIPPED_FILES.map(|f| (run.join(f), to.join(f))))
-    {
-        if !a.exists() && SHIPPED_FILES.iter().any(|f| a.ends_with(f)) {
-            continue;
-        }
-        let bytes = std::fs::read(&a).map_err(|e| metalearn_train::Error::io(&a, e))?;
-        metalearn_train::files::write_atomic(&b, &bytes)?;
+    let copy = |a: &Path, b: &Path| -> Result<()> {
+        let bytes = std::fs::read(a).map_err(|e| metalearn_train::Error::io(a, e))?;
+        Ok(metalearn_train::files::write_atomic(b, &bytes)?)
+    };
+    copy(&from.best_model(), &dest.best_model())?;
+    copy(&from.best_info(), &dest.best_info())?;
+    for f in SHIPPED_FILES.iter().filter(|f| run.join(f).exists()) {
+        copy(&run.join(f), &to.join(f))?;
     }
     let result = ShippedResult {
         test,

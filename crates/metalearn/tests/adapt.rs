@@ -8,7 +8,8 @@ use metalearn::run::{adapt, omniglot_classes, train};
 use metalearn::tasks::ClassDataset;
 use metalearn::train::Progress;
 use std::path::Path;
-use std::process::Command;
+
+mod common;
 
 const EXPERIMENT: &str = r#"
 seed = 3
@@ -92,20 +93,15 @@ fn adapt_classifies_new_characters_far_above_chance() {
     }
 
     // The command prints one line per query image.
-    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .args(["adapt", "--run-dir"])
-        .arg(&run)
-        .arg("--support")
-        .arg(&support)
-        .arg("--query")
-        .arg(&query)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok([
+        "adapt".as_ref(),
+        "--run-dir".as_ref(),
+        run.as_os_str(),
+        "--support".as_ref(),
+        support.as_os_str(),
+        "--query".as_ref(),
+        query.as_os_str(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 20, "{text}");
     assert!(text.lines().all(|l| l.split('\t').count() == 3), "{text}");

@@ -316,35 +316,23 @@ fn bad_experiment_files_name_the_key() {
 #[test]
 fn a_different_experiment_is_refused_for_an_existing_run_dir() {
     let text = std::fs::read_to_string(experiments().join("sinusoid/maml.toml")).unwrap();
-    let a = Experiment::parse(&text, "a").unwrap();
-    let b = Experiment::parse(
-        &set(
-            &text,
-            &[
-                ("learner", "inner_lr", Value::Float(0.02)),
-                ("budget", "patience", Value::Integer(3)),
-            ],
-        ),
-        "b",
-    )
-    .unwrap();
+    let with =
+        |edits: &[(&str, &str, Value)]| Experiment::parse(&set(&text, edits), "exp").unwrap();
+    let a = with(&[]);
+    let b = with(&[
+        ("learner", "inner_lr", Value::Float(0.02)),
+        ("budget", "patience", Value::Integer(3)),
+    ]);
     let dir = temp("differs");
     claim_run_dir(&a, &dir).unwrap();
     claim_run_dir(&a, &dir).unwrap();
     let e = claim_run_dir(&b, &dir).unwrap_err().to_string();
     assert!(e.contains("budget.patience, learner.inner_lr"), "{e}");
     // A longer budget and another test protocol continue the run, and are recorded.
-    let longer = Experiment::parse(
-        &set(
-            &text,
-            &[
-                ("budget", "iterations", Value::Integer(123_456)),
-                ("eval", "episodes", Value::Integer(17)),
-            ],
-        ),
-        "c",
-    )
-    .unwrap();
+    let longer = with(&[
+        ("budget", "iterations", Value::Integer(123_456)),
+        ("eval", "episodes", Value::Integer(17)),
+    ]);
     claim_run_dir(&longer, &dir).unwrap();
     let recorded = metalearn::experiment::load_run_dir(&dir).unwrap();
     assert_eq!(recorded.budget.iterations, 123_456);
@@ -484,18 +472,13 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
 
     // Shipping: the shipped directory alone re-measures RESULT.json's number.
     let shipped = root.join("shipped");
-    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .args(["ship", "--run-dir"])
-        .arg(&killed)
-        .arg("--to")
-        .arg(&shipped)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_ok([
+        "ship".as_ref(),
+        "--run-dir".as_ref(),
+        killed.as_os_str(),
+        "--to".as_ref(),
+        shipped.as_os_str(),
+    ]);
     let result = read_result(&shipped).unwrap();
     assert_eq!(result.iterations_trained, 400);
     assert_eq!(result.seed, exp.seed);

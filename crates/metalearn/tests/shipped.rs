@@ -29,10 +29,15 @@ fn shipped() -> Vec<PathBuf> {
 
 #[test]
 fn shipped_models_load_and_reproduce_their_accuracy() {
-    let models = shipped();
+    let models: Vec<_> = shipped()
+        .into_iter()
+        .map(|d| {
+            let r = read_result(&d).unwrap();
+            (d, r)
+        })
+        .collect();
     assert!(!models.is_empty(), "no RESULT.json under models/");
-    for dir in &models {
-        let r = read_result(dir).unwrap();
+    for (dir, r) in &models {
         let size = std::fs::metadata(dir.join("best/model.mlstate"))
             .unwrap()
             .len();
@@ -51,8 +56,7 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
         );
         return;
     }
-    for dir in &models {
-        let r = read_result(dir).unwrap();
+    for (dir, r) in &models {
         let short = eval(
             dir,
             EvalOverrides {

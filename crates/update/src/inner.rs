@@ -6,8 +6,7 @@
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, HasAutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use metalearn_core::episode::EpisodeData;
@@ -492,24 +491,6 @@ pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usiz
         Ok(())
     })?;
     Ok(curve)
-}
-
-/// `optim.step` that refuses an update producing a non-finite parameter: then the optimiser's
-/// state is restored, the model is unchanged and the error is [`Error::Diverged`].
-pub(crate) fn guarded_step<Bk: AutodiffBackend, M: AutodiffModule<Bk>>(
-    optim: &mut OptimizerAdaptor<Adam, M, Bk>,
-    learning_rate: f64,
-    model: &M,
-    grads: GradientsParams,
-    iteration: usize,
-) -> Result<M> {
-    let saved = optim.clone();
-    let next = optim.step(learning_rate, model.clone(), grads);
-    if let Err(e) = metalearn_core::learner::check_finite_model(iteration, &next) {
-        *optim = saved;
-        return Err(e);
-    }
-    Ok(next)
 }
 
 /// One task's contribution to the meta-gradient.

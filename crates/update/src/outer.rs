@@ -14,10 +14,10 @@
 //! and its [`Checkpoint`](metalearn_core::Checkpoint) implementation `self.outer.save(NAME)` /
 //! `self.outer.load(state, NAME, device)`, plus its own parts.
 
-use crate::inner::{guarded_step, AB};
+use crate::inner::AB;
 use crate::state::{put_module, put_optim, take_module, take_optim, OuterAdam};
 use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use metalearn_core::learner::{check_finite, StepStats};
@@ -62,8 +62,10 @@ impl<B: Backend, M: AutodiffModule<AB<B>>> Learned<B, M> {
     /// `self`: [`Error::Diverged`](metalearn_core::Error::Diverged) (naming `iteration`) when a
     /// parameter would become non-finite.
     pub fn updated(&self, lr: f64, grads: GradientsParams, iteration: usize) -> Result<Self> {
+        // The step runs on a copy of the optimiser: on an error `self` is untouched.
         let mut optim = self.optim.clone();
-        let module = guarded_step(&mut optim, lr, &self.module, grads, iteration)?;
+        let module = optim.step(lr, self.module.clone(), grads);
+        metalearn_core::learner::check_finite_model(iteration, &module)?;
         Ok(Self { module, optim })
     }
 

@@ -12,13 +12,10 @@ pub fn temp(name: &str) -> PathBuf {
     d
 }
 
-/// `metalearn SUBCOMMAND FILE --run-dir DIR` (quiet), to completion; fails the test on error.
-pub fn run_to_end(subcommand: &str, file: &Path, dir: &Path) -> Output {
+/// `metalearn ARGS…` to completion; fails the test (showing its stderr) on error.
+pub fn run_ok<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .arg(subcommand)
-        .arg(file)
-        .arg("--run-dir")
-        .arg(dir)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -27,6 +24,16 @@ pub fn run_to_end(subcommand: &str, file: &Path, dir: &Path) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `metalearn SUBCOMMAND FILE --run-dir DIR` (quiet), to completion; fails the test on error.
+pub fn run_to_end(subcommand: &str, file: &Path, dir: &Path) -> Output {
+    run_ok([
+        subcommand.as_ref(),
+        file.as_os_str(),
+        "--run-dir".as_ref(),
+        dir.as_os_str(),
+    ])
 }
 
 /// Start `metalearn SUBCOMMAND FILE --run-dir DIR` in the background.
