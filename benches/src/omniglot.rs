@@ -420,14 +420,15 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
             );
             // MAML++: the paper's 5 steps at --full (2 otherwise: each step costs a nested
             // pass), its learned rates from α, multi-step loss over the first tenth of training,
-            // cosine schedule over all of it; batch-norm parameters adapt in the outer loop only.
+            // cosine schedule over all of it; per-step batch-norm weights and biases (BNWB),
+            // learned in the outer loop only.
             let pp = MamlPlusPlusConfig::new()
                 .with_inner_lr(alpha)
                 .with_inner_steps(if args.full { 5 } else { 2 })
                 .with_meta_batch_size(mb)
                 .with_msl_iterations((maml_iterations / 10).max(1))
                 .with_anneal_iterations(maml_iterations)
-                .with_freeze(vec!["norms".into()]);
+                .with_per_step_groups(vec!["norms".into()]);
             let pp_steps = pp.inner_steps;
             let l = MamlPlusPlus::new(pp, conv4::<B>(ways, 1)?, device.clone())?;
             learners.push(

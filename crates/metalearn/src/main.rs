@@ -84,6 +84,10 @@ enum Command {
         /// Where the shipped model goes (e.g. models/omniglot/maml-5way-1shot).
         #[arg(long)]
         to: PathBuf,
+        /// Also measure the model at these numbers of classes per episode (e.g. 20), recorded
+        /// in RESULT.json's `also`.
+        #[arg(long, value_delimiter = ',')]
+        also_ways: Vec<usize>,
     },
     /// Adapt the best model of a run to your labelled images and classify new ones.
     Adapt {
@@ -179,9 +183,16 @@ fn run(cli: Cli) -> metalearn::Result<()> {
             }
             Ok(())
         }
-        Command::Ship { run_dir, to } => {
-            let r = ship(&run_dir, &to, git_commit())?;
+        Command::Ship {
+            run_dir,
+            to,
+            also_ways,
+        } => {
+            let r = ship(&run_dir, &to, git_commit(), &also_ways)?;
             println!("{}", r.test.line());
+            for a in &r.also {
+                println!("{}", a.line());
+            }
             println!(
                 "shipped to {} ({} iterations trained in {})",
                 to.display(),

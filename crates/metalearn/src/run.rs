@@ -529,6 +529,10 @@ pub struct ShippedResult {
     pub commit: Option<String>,
     /// The `metalearn` version.
     pub version: String,
+    /// The same model measured on further settings of the same protocol (other ways; e.g. the
+    /// 20-way numbers of a ProtoNet trained for 1-shot, as Snell et al. report them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<EvalReport>,
 }
 
 /// Files of a run directory a shipped model keeps beside `best/` and `RESULT.json` (those the
@@ -537,11 +541,30 @@ const SHIPPED_FILES: [&str; 3] = ["report.md", "learning_curve.svg", "meta_loss.
 
 /// Ship the best model of the run in `run` to `to`: measure it on the experiment's test
 /// protocol, and write `to/experiment.toml` (or check that it describes the same experiment),
-/// `to/best/`, the report and `to/RESULT.json`. `metalearn eval --run-dir TO` then re-measures
-/// the shipped number from those files alone.
-pub fn ship(run: &Path, to: &Path, commit: Option<String>) -> Result<ShippedResult> {
+/// `to/best/`, the report and `to/RESULT.json`. `also_ways` measures the same model on the
+/// same protocol at further numbers of classes per episode ([`ShippedResult::also`]).
+/// `metalearn eval --run-dir TO [--ways N]` then re-measures the shipped numbers from those
+/// files alone.
+pub fn ship(
+    run: &Path,
+    to: &Path,
+    commit: Option<String>,
+    also_ways: &[usize],
+) -> Result<ShippedResult> {
     let exp = load_run_dir(run)?;
     let test = eval(run, EvalOverrides::default())?;
+    let also = also_ways
+        .iter()
+        .map(|&w| {
+            eval(
+                run,
+                EvalOverrides {
+                    ways: Some(w),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     let records = metalearn_train::metrics::read(&RunDir::new(run).metrics())?;
     let mut times = Vec::new();
     let (mut training_seconds, mut seconds_to_model, mut iterations_trained) = (0.0f64, 0.0f64, 0);
@@ -589,6 +612,7 @@ pub fn ship(run: &Path, to: &Path, commit: Option<String>) -> Result<ShippedResu
         seconds_to_model,
         commit,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        also,
     };
     let json = serde_json::to_vec_pretty(&result).map_err(|e| metalearn_train::Error::RunDir {
         path: to.join("RESULT.json").display().to_string(),

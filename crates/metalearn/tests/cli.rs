@@ -495,7 +495,7 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
     let by_hand = root.join("by-hand");
     std::fs::create_dir_all(&by_hand).unwrap();
     std::fs::write(by_hand.join("experiment.toml"), &text).unwrap();
-    let r = metalearn::run::ship(&killed, &by_hand, None).unwrap();
+    let r = metalearn::run::ship(&killed, &by_hand, None, &[]).unwrap();
     assert_eq!(r.test, result.test);
     assert_eq!(
         std::fs::read_to_string(by_hand.join("experiment.toml")).unwrap(),
@@ -506,7 +506,7 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
         set(&text, &[("learner", "inner_lr", Value::Float(0.5))]),
     )
     .unwrap();
-    let e = metalearn::run::ship(&killed, &by_hand, None)
+    let e = metalearn::run::ship(&killed, &by_hand, None, &[])
         .unwrap_err()
         .to_string();
     assert!(e.contains("learner.inner_lr"), "{e}");

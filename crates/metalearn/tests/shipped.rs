@@ -42,13 +42,10 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
             .unwrap()
             .len();
         assert!(size < 1 << 20, "{}: model is {size} bytes", dir.display());
-        assert_eq!(
-            r.test.queries,
-            15,
-            "{}: the papers' 15 queries",
-            dir.display()
-        );
-        assert!(r.test.episodes >= 600, "{}", dir.display());
+        for t in std::iter::once(&r.test).chain(&r.also) {
+            assert!(t.episodes >= 600, "{}", dir.display());
+            assert_eq!(t.queries, 15, "{}: the papers' 15 queries", dir.display());
+        }
     }
     if std::env::var_os("METALEARN_DATA").is_none() {
         eprintln!(
@@ -57,27 +54,39 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
         return;
     }
     for (dir, r) in &models {
-        let short = eval(
-            dir,
-            EvalOverrides {
-                episodes: Some(50),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        // The first 50 of the recorded 600 episodes (same seeds), so the two estimates share
-        // their episodes: the short one must land within both intervals' reach of the long one.
-        let (a, c) = (short.accuracy.unwrap(), short.accuracy_ci95.unwrap());
-        let (a0, c0) = (r.test.accuracy.unwrap(), r.test.accuracy_ci95.unwrap());
-        assert!(
-            (a - a0).abs() <= c + c0,
-            "{}: 50 episodes give {:.2} ± {:.2}%, RESULT.json {:.2} ± {:.2}%",
-            dir.display(),
-            100.0 * a,
-            100.0 * c,
-            100.0 * a0,
-            100.0 * c0
-        );
-        assert_eq!(short.iterations, r.test.iterations, "{}", dir.display());
+        // The recorded setting, then every further one RESULT.json records (`also`).
+        for (i, want) in std::iter::once(&r.test).chain(&r.also).enumerate() {
+            let short = eval(
+                dir,
+                EvalOverrides {
+                    episodes: Some(50),
+                    ways: (i > 0).then_some(want.ways),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                (short.ways, short.shots, short.queries),
+                (want.ways, want.shots, want.queries),
+                "{}",
+                dir.display()
+            );
+            // The first 50 of the recorded 600 episodes (same seeds), so the two estimates
+            // share their episodes: the short one must land within both intervals' reach of
+            // the long one.
+            let (a, c) = (short.accuracy.unwrap(), short.accuracy_ci95.unwrap());
+            let (a0, c0) = (want.accuracy.unwrap(), want.accuracy_ci95.unwrap());
+            assert!(
+                (a - a0).abs() <= c + c0,
+                "{} ({}-way): 50 episodes give {:.2} ± {:.2}%, RESULT.json {:.2} ± {:.2}%",
+                dir.display(),
+                want.ways,
+                100.0 * a,
+                100.0 * c,
+                100.0 * a0,
+                100.0 * c0
+            );
+            assert_eq!(short.iterations, want.iterations, "{}", dir.display());
+        }
     }
 }

@@ -1,8 +1,33 @@
-//! The inner loop shared by the gradient-based learners (MAML, FOMAML, ANIL, Meta-SGD, Reptile).
+//! The inner loop shared by the gradient-based learners (MAML, FOMAML, ANIL, BOIL, Meta-SGD,
+//! MAML++, Reptile), public so that a new learner can be written outside this crate.
 //!
 //! An inner step is `φᵢ ← φᵢ − sᵢ ⊙ ∇ᵢ L_support(φ)` for every parameter tensor `i` (visiting
-//! order), where the step sizes `s` are a scalar (MAML), a scalar on a subset of tensors (ANIL:
-//! the head), or learned per-element tensors (Meta-SGD).
+//! order), where the step sizes `s` are a scalar (MAML), a scalar on a subset of tensors (ANIL,
+//! BOIL: [`group_mask`]), or learned per-element tensors (Meta-SGD) — the [`Sizes`]; any other
+//! rule (Adam: [`InnerAdam`]) implements [`InnerUpdate`].
+//!
+//! # Writing your own learner
+//!
+//! A gradient-based learner is three parts, each a building block here or in [`outer`](crate::outer):
+//!
+//! 1. **The outer state**: an [`Outer`](crate::outer::Outer) owns θ, its Adam and the iteration
+//!    counter; [`Outer::step`](crate::outer::Outer::step) applies a meta-gradient (refusing a
+//!    non-finite one, so a diverged task never reaches θ) and its `save`/`load` are the learner's
+//!    checkpoint.
+//! 2. **The meta-gradient**: [`meta_batch_gradient`] runs every task's [`task_gradient`] (exact
+//!    second order through `Autodiff<Autodiff<B>>`, or first order) on a
+//!    [`TaskPool`](metalearn_core::TaskPool)'s lanes and averages them in task order, so the
+//!    result does not depend on the thread count; [`adapt`] and [`evaluate`] are the value-only
+//!    pieces (Reptile's update, a meta-objective for finite differences).
+//! 3. **Test-time adaptation**: implement [`InnerAdapt`] (the start θ, a fresh inner rule, the
+//!    evaluation protocol, the device) and put [`adaptation_methods!`](crate::adaptation_methods)
+//!    inside the `impl MetaLearner<D>` block: it writes `adapt`, `adaptation_curve`, `evaluate`
+//!    and `predict` — the same code our learners run.
+//!
+//! `crates/update/tests/own_learner.rs` writes MAML this way outside the crate (its parameters
+//! after seeded meta-steps equal [`Maml`](crate::Maml)'s bit for bit) and a learner of its own
+//! with a custom inner rule; docs/ARCHITECTURE.md, "How to add a learner", says which files a
+//! learner inside the crates touches.
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, HasAutodiffModule, Module, ModuleVisitor, Param};
@@ -15,12 +40,14 @@ use metalearn_core::loss::{accuracy, scalar, task_loss};
 use metalearn_core::model::{check_episode, non_transductive, MetaModule, MetaTrainable};
 use metalearn_core::params;
 
-pub(crate) type AB<B> = Autodiff<B>;
-pub(crate) type AA<B> = Autodiff<Autodiff<B>>;
+/// The autodiff backend the meta-parameters θ live on.
+pub type AB<B> = Autodiff<B>;
+/// The nested autodiff backend an exact second-order inner step runs on.
+pub type AA<B> = Autodiff<Autodiff<B>>;
 
 /// Inner-loop step sizes, per parameter tensor in visiting order.
 #[derive(Debug, Clone)]
-pub(crate) enum Sizes<T> {
+pub enum Sizes<T> {
     /// One learning rate for every parameter.
     Uniform(f64),
     /// One learning rate for the tensors marked `true`; the others are not adapted.
@@ -53,7 +80,7 @@ impl<T> Sizes<T> {
 /// `adapt_last` (0: all), within the groups `adapt_only` (empty: all), outside the groups
 /// `freeze`. A group that names no parameter, or a selection that adapts nothing, is an
 /// [`Error::InvalidConfig`] naming the field.
-pub(crate) fn group_mask(
+pub fn group_mask(
     names: &[String],
     adapt_last: usize,
     adapt_only: &[String],
@@ -99,7 +126,7 @@ pub(crate) fn group_mask(
 }
 
 /// `t − s ⊙ g` for tensor `i`.
-pub(crate) fn step<Bk: Backend>(
+pub fn step<Bk: Backend>(
     t: Tensor<Bk, 1>,
     g: Option<Tensor<Bk, 1>>,
     i: usize,
@@ -116,7 +143,7 @@ pub(crate) fn step<Bk: Backend>(
 
 /// Gradients of every float parameter of `module` (visiting order), flattened; `None` where a
 /// parameter did not take part in the loss.
-pub(crate) fn collect_grads<A: AutodiffBackend, N: Module<A>>(
+pub fn collect_grads<A: AutodiffBackend, N: Module<A>>(
     module: &N,
     grads: &A::Gradients,
 ) -> Vec<Option<Tensor<A::InnerBackend, 1>>> {
@@ -139,7 +166,7 @@ pub(crate) fn collect_grads<A: AutodiffBackend, N: Module<A>>(
 }
 
 /// A rule that turns parameter tensor `i` and its support gradient into the next iterate.
-pub(crate) trait InnerUpdate<B: Backend> {
+pub trait InnerUpdate<B: Backend> {
     /// The next value of parameter tensor `i` (visiting order); `g` is `None` where the tensor
     /// did not take part in the loss. Called once per tensor per step, in order.
     fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1>;
@@ -160,8 +187,8 @@ impl<B: Backend> InnerUpdate<B> for Sizes<Tensor<B, 1>> {
 /// What a gradient-based learner's test-time adaptation needs: the meta-learned start, its
 /// inner rule, the evaluation protocol and the device. A learner implementing it gets
 /// `MetaLearner`'s `adapt`, `adaptation_curve`, `evaluate` and `predict` from
-/// [`adaptation_methods!`] (one definition for MAML, Meta-SGD, MAML++ and Reptile).
-pub(crate) trait InnerAdapt<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
+/// [`adaptation_methods!`](crate::adaptation_methods) (one definition for MAML, Meta-SGD, MAML++ and Reptile).
+pub trait InnerAdapt<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     /// The inner rule of one adaptation.
     type Rule: InnerUpdate<B>;
     /// θ, the start of every adaptation.
@@ -204,15 +231,29 @@ macro_rules! impl_inner_adapt {
 }
 pub(crate) use impl_inner_adapt;
 
-/// `MetaLearner`'s adaptation methods for a learner implementing [`InnerAdapt`]; used inside
-/// its `impl MetaLearner<D>` block: `adaptation_methods!(B, M, D);`.
+/// `MetaLearner`'s adaptation methods (`adapt`, `adaptation_curve`, `evaluate`, `predict`) for a
+/// learner implementing [`InnerAdapt`](crate::inner::InnerAdapt), whose `Adapted` type is the
+/// model's inner module. Write it inside the learner's `impl MetaLearner<D>` block, naming the
+/// block's backend, model and rank parameters:
+///
+/// ```ignore
+/// impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for MyLearner<B, M, D> {
+///     type Adapted = M::InnerModule;
+///     fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> { … }
+///     fn meta_batch_size(&self) -> usize { … }
+///     metalearn_update::adaptation_methods!(B, M, D);
+/// }
+/// ```
+///
+/// (`crates/update/tests/own_learner.rs` does it from outside the crate.)
+#[macro_export]
 macro_rules! adaptation_methods {
     ($B:ident, $M:ident, $D:ident) => {
         fn adapt(
             &self,
-            episode: &metalearn_core::episode::EpisodeData,
+            episode: &$crate::__core::episode::EpisodeData,
             steps: usize,
-        ) -> metalearn_core::Result<Self::Adapted> {
+        ) -> $crate::__core::Result<Self::Adapted> {
             use $crate::inner::InnerAdapt as _;
             $crate::inner::adapt::<$B, $M, $D>(
                 self.start(),
@@ -225,9 +266,9 @@ macro_rules! adaptation_methods {
 
         fn adaptation_curve(
             &self,
-            episode: &metalearn_core::episode::EpisodeData,
+            episode: &$crate::__core::episode::EpisodeData,
             steps: usize,
-        ) -> metalearn_core::Result<metalearn_core::learner::AdaptationCurve> {
+        ) -> $crate::__core::Result<$crate::__core::learner::AdaptationCurve> {
             use $crate::inner::InnerAdapt as _;
             $crate::inner::adaptation_curve::<$B, $M, $D>(
                 self.start(),
@@ -241,9 +282,9 @@ macro_rules! adaptation_methods {
 
         fn evaluate(
             &self,
-            episode: &metalearn_core::episode::EpisodeData,
+            episode: &$crate::__core::episode::EpisodeData,
             steps: usize,
-        ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
+        ) -> $crate::__core::Result<$crate::__core::learner::StepMetrics> {
             use $crate::inner::InnerAdapt as _;
             $crate::inner::evaluate_after::<$B, $M, $D>(
                 self.start(),
@@ -257,9 +298,9 @@ macro_rules! adaptation_methods {
 
         fn predict(
             &self,
-            episode: &metalearn_core::episode::EpisodeData,
+            episode: &$crate::__core::episode::EpisodeData,
             steps: usize,
-        ) -> metalearn_core::Result<Vec<f32>> {
+        ) -> $crate::__core::Result<Vec<f32>> {
             use $crate::inner::InnerAdapt as _;
             $crate::inner::predict_after::<$B, $M, $D>(
                 self.start(),
@@ -272,12 +313,12 @@ macro_rules! adaptation_methods {
         }
     };
 }
-pub(crate) use adaptation_methods;
+pub use crate::adaptation_methods;
 
 /// Adam in the inner loop (Kingma & Ba 2015), with fresh moment estimates for every adaptation
 /// (every task): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
 /// `φ ← φ − lr · m̂ / (√v̂ + ε)` with bias-corrected `m̂`, `v̂`.
-pub(crate) struct InnerAdam<B: Backend> {
+pub struct InnerAdam<B: Backend> {
     lr: f64,
     beta1: f64,
     beta2: f64,
@@ -289,6 +330,7 @@ pub(crate) struct InnerAdam<B: Backend> {
 }
 
 impl<B: Backend> InnerAdam<B> {
+    /// Adam with step size `lr`, moment decays `beta1`, `beta2` and `epsilon` in the denominator.
     pub fn new(lr: f64, beta1: f64, beta2: f64, epsilon: f64) -> Self {
         Self {
             lr,
@@ -331,8 +373,10 @@ impl<B: Backend> InnerUpdate<B> for InnerAdam<B> {
 }
 
 /// Plain SGD with [`Sizes`], or Adam: the inner rules a learner can be configured with.
-pub(crate) enum Rule<B: Backend> {
+pub enum Rule<B: Backend> {
+    /// SGD with the given step sizes.
     Sgd(Sizes<Tensor<B, 1>>),
+    /// Adam with fresh moments.
     Adam(InnerAdam<B>),
 }
 
@@ -347,7 +391,7 @@ impl<B: Backend> InnerUpdate<B> for Rule<B> {
 
 /// `steps` inner steps on the support set from `start`, on values only (first-order autodiff,
 /// no graph kept), each step made by `rule`. `on_step(s, φ_s)` sees every iterate, including φ₀.
-pub(crate) fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+pub fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
@@ -372,7 +416,7 @@ pub(crate) fn adapt_inner<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
 }
 
 /// [`adapt_inner`] without a per-step callback: the adapted parameters only.
-pub(crate) fn adapt<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+pub fn adapt<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
@@ -385,7 +429,7 @@ pub(crate) fn adapt<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
 /// An adaptation whose query loss after `step` inner steps is not finite (a diverged inner loop
 /// makes the adapted parameters, and so the loss, non-finite) is [`Error::AdaptationDiverged`],
 /// not a NaN metric.
-pub(crate) fn adaptation_finite(step: usize, loss: f64) -> Result<f64> {
+pub fn adaptation_finite(step: usize, loss: f64) -> Result<f64> {
     if loss.is_finite() {
         Ok(loss)
     } else {
@@ -396,7 +440,7 @@ pub(crate) fn adaptation_finite(step: usize, loss: f64) -> Result<f64> {
 /// Query loss and accuracy of `model` on `episode`: the query batch in one forward pass when
 /// `transductive`, else each query example with the support set
 /// ([`non_transductive`](metalearn_core::model::non_transductive)).
-pub(crate) fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
+pub fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
     model: &N,
     episode: &EpisodeData,
     transductive: bool,
@@ -410,7 +454,7 @@ pub(crate) fn evaluate<B: Backend, N: MetaModule<B, D>, const D: usize>(
 }
 
 /// The model's outputs on the query inputs (see [`evaluate`] for `transductive`).
-pub(crate) fn query_outputs<B: Backend, N: MetaModule<B, D>, const D: usize>(
+pub fn query_outputs<B: Backend, N: MetaModule<B, D>, const D: usize>(
     model: &N,
     episode: &EpisodeData,
     transductive: bool,
@@ -426,7 +470,7 @@ pub(crate) fn query_outputs<B: Backend, N: MetaModule<B, D>, const D: usize>(
 }
 
 /// Query outputs (host, row-major) after exactly `steps` inner steps from `start`.
-pub(crate) fn predict_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+pub fn predict_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
@@ -452,7 +496,7 @@ pub(crate) fn predict_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
 
 /// Query metrics after exactly `steps` inner steps from `start` (one query pass; see
 /// [`evaluate`] for `transductive`).
-pub(crate) fn evaluate_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+pub fn evaluate_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
@@ -471,7 +515,7 @@ pub(crate) fn evaluate_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>
 
 /// Query metrics after 0..=`steps` inner steps from `start` (see [`evaluate`] for
 /// `transductive`).
-pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+pub fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     start: M::InnerModule,
     episode: &EpisodeData,
     steps: usize,
@@ -494,10 +538,14 @@ pub(crate) fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usiz
 }
 
 /// One task's contribution to the meta-gradient.
-pub(crate) struct TaskGradient {
+pub struct TaskGradient {
+    /// The gradient of the task's query loss after adaptation with respect to θ.
     pub theta: GradientsParams,
+    /// The gradient with respect to the learned step sizes (Meta-SGD), if any.
     pub sizes: Option<GradientsParams>,
+    /// The query loss after adaptation.
     pub loss: f64,
+    /// The query accuracy after adaptation (classification).
     pub accuracy: Option<f64>,
 }
 
@@ -505,7 +553,7 @@ pub(crate) struct TaskGradient {
 ///
 /// `sizes` are plain values; for [`Sizes::PerElement`], `size_module` is the module holding them
 /// (same architecture as θ, its own parameter ids) and receives a gradient too.
-pub(crate) fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+pub fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     theta: M::InnerModule,
     size_module: Option<M::InnerModule>,
     sizes: &Sizes<Tensor<B, 1>>,
@@ -582,7 +630,7 @@ fn query_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
 /// The meta-gradient of a meta-batch at the current `model` (and learned step sizes
 /// `size_model`, Meta-SGD): every task's [`task_gradient`] on `pool`'s lanes, averaged in task
 /// order.
-pub(crate) fn meta_batch_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+pub fn meta_batch_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     pool: &metalearn_core::TaskPool,
     model: &M,
     size_model: Option<&M>,
@@ -612,7 +660,7 @@ pub(crate) fn meta_batch_gradient<B: Backend, M: MetaTrainable<B, D>, const D: u
 }
 
 /// Mean of per-task gradients of `model`'s parameters, matched by parameter id.
-pub(crate) fn mean_grads<B: Backend, M: AutodiffModule<AB<B>>>(
+pub fn mean_grads<B: Backend, M: AutodiffModule<AB<B>>>(
     model: &M,
     parts: Vec<GradientsParams>,
 ) -> GradientsParams {
@@ -648,15 +696,19 @@ pub(crate) fn mean_grads<B: Backend, M: AutodiffModule<AB<B>>>(
 }
 
 /// Summary of a meta-batch of task gradients.
-pub(crate) struct BatchGradient {
+pub struct BatchGradient {
+    /// The mean meta-gradient with respect to θ.
     pub theta: GradientsParams,
+    /// The mean meta-gradient with respect to the learned step sizes, if any.
     pub sizes: Option<GradientsParams>,
+    /// The mean post-adaptation query loss.
     pub loss: f64,
+    /// The mean post-adaptation query accuracy (classification).
     pub accuracy: Option<f64>,
 }
 
 /// Average task gradients (in task order, so the result does not depend on threads).
-pub(crate) fn combine<B: Backend, M: AutodiffModule<AB<B>>>(
+pub fn combine<B: Backend, M: AutodiffModule<AB<B>>>(
     model: &M,
     size_model: Option<&M>,
     parts: Vec<Result<TaskGradient>>,

@@ -47,7 +47,7 @@ mod distill;
 mod error;
 mod finetune;
 mod head;
-mod inner;
+pub mod inner;
 mod maml;
 mod maml_pp;
 mod meta_sgd;
@@ -66,7 +66,7 @@ pub use error::{Error, Result};
 pub use finetune::{FineTune, FineTuneConfig};
 pub use head::LinearHead;
 pub use maml::{Maml, MamlConfig};
-pub use maml_pp::{MamlPlusPlus, MamlPlusPlusConfig, StepRates};
+pub use maml_pp::{MamlPlusPlus, MamlPlusPlusConfig, PerStep, StepParams, StepRates};
 pub use meta_sgd::MetaSgd;
 pub use outer::{Learned, Outer};
 pub use protonet::{prototype_logits, prototype_logits_from, prototypes, ProtoNet, ProtoNetConfig};
@@ -79,6 +79,10 @@ pub type Anil<B, M, const D: usize> = Maml<B, M, D>;
 /// BOIL (Oh et al. 2021): [`Maml`] whose inner loop adapts only the body, the head frozen;
 /// build it with [`MamlConfig::boil`].
 pub type Boil<B, M, const D: usize> = Maml<B, M, D>;
+
+#[doc(hidden)]
+/// The core crate under a fixed path, for the exported macros.
+pub use metalearn_core as __core;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

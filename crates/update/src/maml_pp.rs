@@ -14,16 +14,27 @@
 //! - **Cosine annealing** of the outer learning rate from `outer_lr` to `min_outer_lr` over
 //!   `anneal_iterations`.
 //!
-//! Not here yet: the paper's per-step batch-norm weights and running statistics (BNWB/BNRS),
-//! which need a model whose batch norm is indexed by the inner step.
+//! - **Per-step batch-norm weights and biases (BNWB)**: `per_step_groups = ["norms"]` gives the
+//!   parameters of those groups (the zoo Conv4's batch-norm `γ`, `β`) one meta-learned copy per
+//!   inner-loop iterate: φ₀ (the support pass of step 1) uses copy 0, the iterate after step
+//!   `s` (the query pass scored after step `s` and the support pass of step `s + 1`) uses copy
+//!   `s`, so `K + 1` copies in all (the reference implementation's `K` copies index the step
+//!   instead of the iterate, scoring the query after step `s` with the copy of step `s`; same
+//!   expressiveness). Those parameters are not adapted in the inner loop (as in the reference
+//!   implementation); beyond the trained steps at test time the last copy is used. Any
+//!   parameter group works, not only batch norm.
+//!
+//! Not here: per-step batch-norm *running statistics* (BNRS). The zoo's models always normalise
+//! with the statistics of the batch they see (transductive, as MAML's published numbers), so
+//! there are no running statistics to keep per step.
 //!
 //! Exact second order runs on `Autodiff<Autodiff<B>>` as in [`Maml`](crate::Maml); the
 //! learned rates are leaves of the outer graph, so their meta-gradient is exact too (checked
 //! against f64 finite differences in `tests/gradcheck_f64.rs`).
 
 use crate::inner::{
-    adaptation_methods, collect_grads, evaluate, group_mask, impl_inner_adapt, mean_grads,
-    InnerUpdate, AA, AB,
+    adaptation_methods, collect_grads, evaluate, group_mask, mean_grads, InnerAdapt, InnerUpdate,
+    AA, AB,
 };
 use crate::outer::{Learned, Outer};
 use crate::Result as UpdateResult;
@@ -63,6 +74,7 @@ use metalearn_core::params;
 /// | `threads` | 0 | worker threads for a meta-batch's tasks (0: one per core) | — |
 /// | `transductive` | true | the query batch in one forward pass at evaluation | — |
 /// | `adapt_only` / `freeze` | [] | parameter groups the inner loop adapts / leaves (see [`MamlConfig`](crate::MamlConfig)) | each names ≥ 1 parameter |
+/// | `per_step_groups` | [] | parameter groups with one meta-learned copy per inner-loop iterate, not adapted (BNWB: `["norms"]` on Conv4) | each names ≥ 1 parameter; ≥ 1 parameter still adapts |
 #[derive(Config, Debug)]
 pub struct MamlPlusPlusConfig {
     /// Inner step size (initial learned rate).
@@ -113,6 +125,9 @@ pub struct MamlPlusPlusConfig {
     /// Never adapt these parameter groups in the inner loop.
     #[config(default = "Vec::new()")]
     pub freeze: Vec<String>,
+    /// Parameter groups with one meta-learned copy per inner-loop iterate (BNWB: `["norms"]`).
+    #[config(default = "Vec::new()")]
+    pub per_step_groups: Vec<String>,
 }
 
 impl MamlPlusPlusConfig {
@@ -134,6 +149,32 @@ impl MamlPlusPlusConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Which parameters (of `names`, visiting order) adapt in the inner loop, and which have
+    /// per-step copies. A group that names no parameter, or a selection that adapts nothing, is
+    /// an [`Error::InvalidConfig`] naming the field.
+    pub fn masks(&self, names: &[String]) -> metalearn_core::Result<(Vec<bool>, Vec<bool>)> {
+        let per_step = if self.per_step_groups.is_empty() {
+            vec![false; names.len()]
+        } else {
+            // Every group must name a parameter; adapting nothing is checked below.
+            group_mask(names, 0, &self.per_step_groups, &[]).map_err(|e| match e {
+                Error::InvalidConfig { reason, .. } => Error::config("per_step_groups", reason),
+                e => e,
+            })?
+        };
+        let mut mask = group_mask(names, 0, &self.adapt_only, &self.freeze)?;
+        for (m, p) in mask.iter_mut().zip(&per_step) {
+            *m &= !p;
+        }
+        if !mask.contains(&true) {
+            return Err(Error::config(
+                "per_step_groups",
+                "with adapt_only, freeze and per_step_groups together no parameter adapts",
+            ));
+        }
+        Ok((mask, per_step))
     }
 
     /// The outer learning rate at `iteration`.
@@ -177,10 +218,46 @@ pub struct StepRates<B: Backend> {
     pub rates: Param<Tensor<B, 2>>,
 }
 
+/// The per-step copies of the parameters in `per_step_groups`: one `[K + 1, numel]` matrix per
+/// such parameter tensor (visiting order), row `s` used by the inner-loop iterate after `s`
+/// steps.
+#[derive(Module, Debug)]
+pub struct StepParams<B: Backend> {
+    /// One `[K + 1, numel]` matrix per per-step parameter tensor.
+    pub copies: Vec<Param<Tensor<B, 2>>>,
+}
+
+impl<B: Backend> StepParams<B> {
+    /// Row `s` (the last row beyond the trained steps) of copy `j`, flattened.
+    fn row(&self, j: usize, s: usize) -> Tensor<B, 1> {
+        let m = self.copies[j].val();
+        let [rows, n] = m.dims();
+        let s = s.min(rows - 1);
+        m.slice([s..s + 1, 0..n]).reshape([n])
+    }
+
+    /// `phi` with every per-step tensor (`per_step`, visiting order) replaced by row `s` of
+    /// its copies.
+    fn put<N: Module<B>>(&self, phi: N, per_step: &[bool], s: usize) -> metalearn_core::Result<N> {
+        let mut j = 0;
+        params::map_indexed(phi, |i, t| {
+            if !per_step[i] {
+                return Ok(t);
+            }
+            j += 1;
+            Ok(self.row(j - 1, s))
+        })
+    }
+}
+
 /// MAML++ over any [`MetaTrainable`] model.
 pub struct MamlPlusPlus<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     outer: Outer<B, M>,
     rates: Option<Learned<B, StepRates<AB<B>>>>,
+    /// Per-step copies of the `per_step_groups` parameters.
+    step_params: Option<Learned<B, StepParams<AB<B>>>>,
+    /// Which parameter tensors have per-step copies.
+    per_step: Vec<bool>,
     mask: Vec<bool>,
     config: MamlPlusPlusConfig,
     device: B::Device,
@@ -196,12 +273,15 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Mam
     }
 }
 
-/// Step sizes for one adaptation on plain values: learned `[step][tensor]` (the last row for
-/// steps beyond those trained) or one `lr`, on the tensors `mask` marks.
-pub(crate) struct PerStep {
+/// MAML++'s inner rule for one adaptation on plain values: learned step sizes `[step][tensor]`
+/// (the last row for steps beyond those trained) or one `lr`, on the tensors its mask marks.
+/// Made by the learner ([`InnerAdapt::inner_rule`](crate::inner::InnerAdapt::inner_rule)).
+pub struct PerStep {
     rates: Option<Vec<Vec<f64>>>,
     lr: f64,
     mask: Vec<bool>,
+    /// Per-step copies (host values `[tensor][iterate][element]`) of the tensors they replace.
+    copies: Option<(Vec<Vec<Vec<f64>>>, Vec<bool>)>,
     calls: usize,
 }
 
@@ -209,6 +289,15 @@ impl<Bk: Backend> InnerUpdate<Bk> for PerStep {
     fn update(&mut self, i: usize, t: Tensor<Bk, 1>, g: Option<Tensor<Bk, 1>>) -> Tensor<Bk, 1> {
         let step = self.calls / self.mask.len().max(1);
         self.calls += 1;
+        if let Some((copies, per_step)) = &self.copies {
+            if per_step[i] {
+                // The next iterate (after step + 1 steps) takes its own copy.
+                let j = per_step[..i].iter().filter(|&&p| p).count();
+                let rows = &copies[j];
+                let v = &rows[(step + 1).min(rows.len() - 1)];
+                return Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &t.device());
+            }
+        }
         match g {
             Some(g) if self.mask.get(i).copied().unwrap_or(false) => {
                 let lr = match &self.rates {
@@ -227,6 +316,7 @@ impl<Bk: Backend> InnerUpdate<Bk> for PerStep {
 struct TaskPart {
     theta: GradientsParams,
     rates: Option<GradientsParams>,
+    step_params: Option<GradientsParams>,
     loss: f64,
     accuracy: Option<f64>,
 }
@@ -237,7 +327,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
     pub fn new(config: MamlPlusPlusConfig, model: M, device: B::Device) -> UpdateResult<Self> {
         config.validate()?;
         let names = params::names(&model);
-        let mask = group_mask(&names, 0, &config.adapt_only, &config.freeze)?;
+        let (mask, per_step) = config.masks(&names)?;
         let rates = config.learned_rates.then(|| {
             let init = vec![config.inner_lr; config.inner_steps * names.len()];
             let t = Tensor::<AB<B>, 2>::from_data(
@@ -248,9 +338,28 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
                 rates: Param::from_tensor(t),
             })
         });
+        // Every copy starts at θ's value of its tensor.
+        let step_params = per_step.contains(&true).then(|| {
+            let copies = params::tensors(&model)
+                .into_iter()
+                .zip(&per_step)
+                .filter(|(_, &p)| p)
+                .map(|((_, t), _)| {
+                    let n = t.dims()[0];
+                    Param::from_tensor(
+                        t.detach()
+                            .reshape([1, n])
+                            .repeat_dim(0, config.inner_steps + 1),
+                    )
+                })
+                .collect();
+            Learned::new(StepParams { copies })
+        });
         Ok(Self {
             outer: Outer::new(model),
             rates,
+            step_params,
+            per_step,
             mask,
             pool: TaskPool::new(config.threads),
             config,
@@ -278,12 +387,38 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
         &self.config
     }
 
+    /// The per-step copies of the `per_step_groups` parameters, host values
+    /// `[tensor][iterate][element]` (tensors in visiting order), if any.
+    pub fn step_params(&self) -> Option<Vec<Vec<Vec<f64>>>> {
+        self.step_params.as_ref().map(|m| {
+            m.module()
+                .copies
+                .iter()
+                .map(|c| {
+                    let t = c.val();
+                    let [_, n] = t.dims();
+                    let v: Vec<f64> = t.into_data().iter::<f64>().collect();
+                    v.chunks(n.max(1)).map(<[f64]>::to_vec).collect()
+                })
+                .collect()
+        })
+    }
+
     fn rule(&self) -> PerStep {
         PerStep {
             rates: self.rates(),
             lr: self.config.inner_lr,
             mask: self.mask.clone(),
+            copies: self.step_params().map(|c| (c, self.per_step.clone())),
             calls: 0,
+        }
+    }
+
+    /// φ₀ of an adaptation from θ = `model`: the per-step tensors take their copy 0.
+    fn start_from(&self, model: M::InnerModule) -> metalearn_core::Result<M::InnerModule> {
+        match &self.step_params {
+            Some(m) => m.module().valid().put(model, &self.per_step, 0),
+            None => Ok(model),
         }
     }
 
@@ -296,6 +431,19 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
         rates: Option<Vec<Vec<f64>>>,
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<f64> {
+        self.meta_objective_with(model, rates, None, episodes)
+    }
+
+    /// [`meta_objective`](Self::meta_objective) with the per-step copies `step_params`
+    /// (`[tensor][iterate][element]`, as [`step_params`](Self::step_params); the learner's own
+    /// when `None`).
+    pub fn meta_objective_with(
+        &self,
+        model: &M::InnerModule,
+        rates: Option<Vec<Vec<f64>>>,
+        step_params: Option<Vec<Vec<Vec<f64>>>>,
+        episodes: &[EpisodeData],
+    ) -> metalearn_core::Result<f64> {
         let weights = self.config.loss_weights_at(self.outer.iterations());
         let mut total = 0.0;
         for ep in episodes {
@@ -303,10 +451,29 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
             if rates.is_some() {
                 rule.rates = rates.clone();
             }
+            if let Some(c) = &step_params {
+                rule.copies = Some((c.clone(), self.per_step.clone()));
+            }
+            // φ₀: the per-step tensors at their copy 0.
+            let mut start = model.clone();
+            if let Some((c, _)) = &rule.copies {
+                let mut j = 0;
+                start = params::map_indexed(start, |i, t| {
+                    if !self.per_step[i] {
+                        return Ok(t);
+                    }
+                    j += 1;
+                    let v = &c[j - 1][0];
+                    Ok(Tensor::from_data(
+                        TensorData::new(v.clone(), [v.len()]),
+                        &t.device(),
+                    ))
+                })?;
+            }
             let steps = self.config.inner_steps;
             let mut sum = 0.0;
             crate::inner::adapt_inner::<B, M, D>(
-                model.clone(),
+                start,
                 ep,
                 steps,
                 rule,
@@ -330,44 +497,63 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
         &self,
         episodes: &[EpisodeData],
     ) -> metalearn_core::Result<(Vec<f64>, Vec<f64>)> {
-        let (theta, rates, _, _) = self.meta_gradient(episodes)?;
-        let r = match (&self.rates, rates) {
+        let (theta, rates, _) = self.meta_gradient_vecs(episodes)?;
+        Ok((theta, rates))
+    }
+
+    /// [`meta_gradient_vec`](Self::meta_gradient_vec) and the gradient of the per-step copies
+    /// (tensor by tensor, each row-major `[iterate, element]`; empty without per-step groups).
+    pub fn meta_gradient_vecs(
+        &self,
+        episodes: &[EpisodeData],
+    ) -> metalearn_core::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+        let g = self.meta_gradient(episodes)?;
+        let r = match (&self.rates, g.rates) {
             (Some(m), Some(g)) => params::grads_to_vec::<AB<B>, StepRates<AB<B>>>(m.module(), &g),
             _ => Vec::new(),
         };
-        Ok((params::grads_to_vec::<AB<B>, M>(self.model(), &theta), r))
+        let c = match (&self.step_params, g.step_params) {
+            (Some(m), Some(g)) => params::grads_to_vec::<AB<B>, StepParams<AB<B>>>(m.module(), &g),
+            _ => Vec::new(),
+        };
+        Ok((
+            params::grads_to_vec::<AB<B>, M>(self.model(), &g.theta),
+            r,
+            c,
+        ))
     }
 
-    #[allow(clippy::type_complexity)]
-    fn meta_gradient(
-        &self,
-        episodes: &[EpisodeData],
-    ) -> metalearn_core::Result<(GradientsParams, Option<GradientsParams>, f64, Option<f64>)> {
+    fn meta_gradient(&self, episodes: &[EpisodeData]) -> metalearn_core::Result<MetaGradient> {
         metalearn_core::episode::check_meta_batch(episodes)?;
         let weights = self.config.loss_weights_at(self.outer.iterations());
         let second_order = self.config.second_order_at(self.outer.iterations());
         let theta = self.model().valid();
         let rates = self.rates.as_ref().map(|r| r.module().valid());
+        let copies = self.step_params.as_ref().map(|r| r.module().valid());
         let jobs: Vec<_> = episodes
             .iter()
-            .map(|e| (theta.clone(), rates.clone(), e))
+            .map(|e| (theta.clone(), rates.clone(), copies.clone(), e))
             .collect();
         let plan = Plan {
             mask: &self.mask,
+            per_step: &self.per_step,
             inner_lr: self.config.inner_lr,
             weights: &weights,
             second_order,
         };
         let device = &self.device;
-        let parts = self.pool.map(jobs, |_, (theta, rates, ep)| {
-            Ok(task_gradient::<B, M, D>(theta, rates, ep, &plan, device))
+        let parts = self.pool.map(jobs, |_, (theta, rates, copies, ep)| {
+            Ok(task_gradient::<B, M, D>(
+                theta, rates, copies, ep, &plan, device,
+            ))
         })?;
-        let (mut thetas, mut rate_parts) = (Vec::new(), Vec::new());
+        let (mut thetas, mut rate_parts, mut copy_parts) = (Vec::new(), Vec::new(), Vec::new());
         let (mut loss, mut acc, mut n_acc) = (0.0, 0.0, 0usize);
         for p in parts {
             let p = p?;
             thetas.push(p.theta);
             rate_parts.extend(p.rates);
+            copy_parts.extend(p.step_params);
             loss += p.loss;
             if let Some(a) = p.accuracy {
                 acc += a;
@@ -375,21 +561,37 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MamlPlusPlus<B, M, D> {
             }
         }
         let n = thetas.len().max(1) as f64;
-        Ok((
-            mean_grads::<B, M>(self.model(), thetas),
-            self.rates
+        Ok(MetaGradient {
+            theta: mean_grads::<B, M>(self.model(), thetas),
+            rates: self
+                .rates
                 .as_ref()
                 .map(|m| mean_grads::<B, StepRates<AB<B>>>(m.module(), rate_parts)),
-            loss / n,
-            (n_acc > 0).then(|| acc / n_acc as f64),
-        ))
+            step_params: self
+                .step_params
+                .as_ref()
+                .map(|m| mean_grads::<B, StepParams<AB<B>>>(m.module(), copy_parts)),
+            loss: loss / n,
+            accuracy: (n_acc > 0).then(|| acc / n_acc as f64),
+        })
     }
+}
+
+/// A meta-batch's mean meta-gradients and its last-step query metrics.
+struct MetaGradient {
+    theta: GradientsParams,
+    rates: Option<GradientsParams>,
+    step_params: Option<GradientsParams>,
+    loss: f64,
+    accuracy: Option<f64>,
 }
 
 /// What one meta-iteration's inner loops do.
 struct Plan<'a> {
     /// Which tensors adapt.
     mask: &'a [bool],
+    /// Which tensors take their per-step copy at every iterate.
+    per_step: &'a [bool],
     /// The step size without learned rates.
     inner_lr: f64,
     /// Query-loss weight after each inner step (their number is the number of steps).
@@ -403,6 +605,7 @@ struct Plan<'a> {
 fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     theta: M::InnerModule,
     rates: Option<StepRates<B>>,
+    copies: Option<StepParams<B>>,
     ep: &EpisodeData,
     plan: &Plan<'_>,
     device: &B::Device,
@@ -412,10 +615,15 @@ fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     let rates: Option<StepRates<AB<B>>> =
         rates.map(|r| params::require_grad(StepRates::from_inner(r)));
     let rate_matrix = rates.as_ref().map(|r| r.rates.val());
+    let copies: Option<StepParams<AB<B>>> =
+        copies.map(|c| params::require_grad(StepParams::from_inner(c)));
     let support = ep.support.to_batch::<AA<B>, D>(device)?;
     let query = ep.query.to_batch::<AB<B>, D>(device)?;
     let steps = plan.weights.len();
-    let mut phi = theta.clone();
+    let mut phi = match &copies {
+        Some(c) => c.put(theta.clone(), plan.per_step, 0)?,
+        None => theta.clone(),
+    };
     let mut objective: Option<Tensor<AB<B>, 1>> = None;
     let (mut last_loss, mut last_acc) = (f64::NAN, None);
     for k in 0..steps {
@@ -438,6 +646,9 @@ fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
                 None => t - g.mul_scalar(plan.inner_lr),
             })
         })?;
+        if let Some(c) = &copies {
+            phi = c.put(phi, plan.per_step, k + 1)?;
+        }
         let w = plan.weights[k];
         if w > 0.0 || k + 1 == steps {
             let out = phi.forward(query.inputs.clone());
@@ -460,21 +671,64 @@ fn task_gradient<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     Ok(TaskPart {
         theta: GradientsParams::from_module(&mut grads, &theta),
         rates: rates.map(|r| GradientsParams::from_module(&mut grads, &r)),
+        step_params: copies.map(|c| GradientsParams::from_module(&mut grads, &c)),
         loss: last_loss,
         accuracy: last_acc,
     })
 }
 
-impl_inner_adapt!(MamlPlusPlus, PerStep, rule);
+impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> InnerAdapt<B, M, D>
+    for MamlPlusPlus<B, M, D>
+{
+    type Rule = PerStep;
+
+    fn start(&self) -> M::InnerModule {
+        let theta = self.model().valid();
+        match &self.step_params {
+            // The copies have the shapes of the tensors they replace (checked at `new` and on
+            // load), so this cannot fail.
+            Some(_) => self.start_from(theta.clone()).unwrap_or(theta),
+            None => theta,
+        }
+    }
+
+    fn inner_rule(&self) -> PerStep {
+        self.rule()
+    }
+
+    fn transductive(&self) -> bool {
+        self.config.transductive
+    }
+
+    fn device(&self) -> &B::Device {
+        &self.device
+    }
+}
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for MamlPlusPlus<B, M, D> {
     type Adapted = M::InnerModule;
 
     fn meta_step(&mut self, episodes: &[EpisodeData]) -> metalearn_core::Result<StepStats> {
-        let (theta, rates, loss, acc) = self.meta_gradient(episodes)?;
-        let lr = self.config.outer_lr_at(self.outer.iterations());
-        let extra = self.rates.as_mut().zip(rates);
-        self.outer.step_with(lr, theta, extra, loss, acc)
+        let g = self.meta_gradient(episodes)?;
+        let iteration = self.outer.iterations();
+        let lr = self.config.outer_lr_at(iteration);
+        // The per-step copies are stepped first, on a copy: θ, the rates and the copies change
+        // together or (a diverged step) not at all.
+        let copies = match (&self.step_params, g.step_params) {
+            (Some(m), Some(grads)) => {
+                metalearn_core::learner::check_finite(iteration, g.loss)?;
+                Some(m.updated(lr, grads, iteration)?)
+            }
+            _ => None,
+        };
+        let extra = self.rates.as_mut().zip(g.rates);
+        let stats = self
+            .outer
+            .step_with(lr, g.theta, extra, g.loss, g.accuracy)?;
+        if copies.is_some() {
+            self.step_params = copies;
+        }
+        Ok(stats)
     }
 
     fn meta_batch_size(&self) -> usize {
@@ -498,15 +752,21 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for MamlPlus
         if let Some(r) = &self.rates {
             v.extend(params::to_vec(r.module()));
         }
+        if let Some(c) = &self.step_params {
+            v.extend(params::to_vec(c.module()));
+        }
         v
     }
 
     fn state(&self) -> metalearn_core::Result<LearnerState> {
-        let s = self.outer.save(self.learner_name())?;
-        match &self.rates {
-            Some(r) => r.save(s, "rates", "optim_rates"),
-            None => Ok(s),
+        let mut s = self.outer.save(self.learner_name())?;
+        if let Some(r) = &self.rates {
+            s = r.save(s, "rates", "optim_rates")?;
         }
+        if let Some(c) = &self.step_params {
+            s = c.save(s, "step_params", "optim_step_params")?;
+        }
+        Ok(s)
     }
 
     fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
@@ -515,7 +775,11 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for MamlPlus
             Some(r) => Some(r.load(state, "rates", "optim_rates", &self.device)?),
             None => None,
         };
-        (self.outer, self.rates) = (outer, rates);
+        let copies = match &self.step_params {
+            Some(c) => Some(c.load(state, "step_params", "optim_step_params", &self.device)?),
+            None => None,
+        };
+        (self.outer, self.rates, self.step_params) = (outer, rates, copies);
         Ok(())
     }
 }
@@ -523,6 +787,37 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for MamlPlus
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_step_groups_are_checked_against_the_model() {
+        let names: Vec<String> = ["norms.0.gamma", "norms.0.beta", "head.weight", "head.bias"]
+            .map(String::from)
+            .into();
+        let c = MamlPlusPlusConfig::new().with_per_step_groups(vec!["norms".into()]);
+        let (mask, per_step) = c.masks(&names).unwrap();
+        assert_eq!(per_step, [true, true, false, false]);
+        assert_eq!(
+            mask,
+            [false, false, true, true],
+            "per-step tensors do not adapt"
+        );
+        assert_eq!(
+            MamlPlusPlusConfig::new().masks(&names).unwrap(),
+            (vec![true; 4], vec![false; 4])
+        );
+        for (groups, why) in [
+            (vec!["convs".to_string()], "names no parameter"),
+            (vec!["norms".into(), "head".into()], "no parameter adapts"),
+        ] {
+            match c.clone().with_per_step_groups(groups).masks(&names) {
+                Err(Error::InvalidConfig { field, reason }) => {
+                    assert_eq!(field, "per_step_groups");
+                    assert!(reason.contains(why), "{reason}");
+                }
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn schedules_follow_the_paper() {

@@ -87,6 +87,14 @@ fn every_learner_resumes_exactly_from_its_state() {
             .with_anneal_iterations(5);
         MamlPlusPlus::<B, _, 4>::new(c, conv4(1), d()).unwrap()
     });
+    // With per-step batch-norm weights and biases (BNWB): their copies and Adam state too.
+    resumes_exactly(|| {
+        let c = MamlPlusPlusConfig::new()
+            .with_inner_steps(2)
+            .with_threads(1)
+            .with_per_step_groups(vec!["norms".into()]);
+        MamlPlusPlus::<B, _, 4>::new(c, conv4(1), d()).unwrap()
+    });
     resumes_exactly(|| {
         let c = ProtoNetConfig::new().with_lr_halving_every(2);
         ProtoNet::<B, _, 4>::new(c, conv4(1), d()).unwrap()

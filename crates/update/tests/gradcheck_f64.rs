@@ -150,6 +150,79 @@ fn boil_mlp_second_order_matches_finite_differences() {
     }
 }
 
+/// MAML++ with per-step copies of a parameter group (BNWB's mechanism; here the MLP's middle
+/// layer, which has no batch norm): the meta-gradients of θ, the rates and the copies against
+/// central differences; the copies are not adapted, so θ's own copy of that group gets no
+/// gradient.
+#[test]
+fn maml_plus_plus_per_step_parameters_match_finite_differences() {
+    setup();
+    let device = Default::default();
+    let model = MlpConfig::new(vec![1, 6, 6, 1])
+        .init::<Autodiff<B>>(5, &device)
+        .unwrap();
+    let episodes = sinusoid_batch(2, 5);
+    let cfg = MamlPlusPlusConfig::new()
+        .with_inner_steps(2)
+        .with_inner_lr(0.05)
+        .with_msl_iterations(10)
+        .with_meta_batch_size(2)
+        .with_per_step_groups(vec!["layers.1".into()]);
+    let pp = MamlPlusPlus::new(cfg, model, device).unwrap();
+    let (g, gr, gc) = pp.meta_gradient_vecs(&episodes).unwrap();
+    // layers.1: a 6×6 weight and a bias of 6, one copy per iterate (3 for 2 steps).
+    assert_eq!(gc.len(), 3 * (36 + 6));
+    let theta = pp.model().valid();
+    let base = params::to_vec(&theta);
+    let (rates, copies) = (pp.rates().unwrap(), pp.step_params().unwrap());
+    let h = 1e-5;
+    let f = |p: &[f64], c: &[Vec<Vec<f64>>]| {
+        pp.meta_objective_with(
+            &params::from_vec(theta.clone(), p).unwrap(),
+            Some(rates.clone()),
+            Some(c.to_vec()),
+            &episodes,
+        )
+        .unwrap()
+    };
+    let fd: Vec<f64> = (0..base.len())
+        .map(|i| {
+            let (mut a, mut b) = (base.clone(), base.clone());
+            a[i] += h;
+            b[i] -= h;
+            (f(&a, &copies) - f(&b, &copies)) / (2.0 * h)
+        })
+        .collect();
+    let e = rel_err(&g, &fd);
+    assert!(
+        e < 1e-6,
+        "MAML++ θ with per-step copies: relative error {e:e}"
+    );
+    // θ's own layers.1 (tensors 2 and 3: 36 + 6 values after 6 + 6) is replaced everywhere.
+    assert!(g[12..12 + 42].iter().all(|v| *v == 0.0));
+    assert!(fd[12..12 + 42].iter().all(|v| v.abs() < 1e-9));
+    let mut fdc = Vec::new();
+    for t in 0..copies.len() {
+        for s in 0..copies[t].len() {
+            for k in 0..copies[t][s].len() {
+                let (mut a, mut b) = (copies.clone(), copies.clone());
+                a[t][s][k] += h;
+                b[t][s][k] -= h;
+                fdc.push((f(&base, &a) - f(&base, &b)) / (2.0 * h));
+            }
+        }
+    }
+    let ec = rel_err(&gc, &fdc);
+    assert!(ec < 1e-6, "MAML++ per-step copies: relative error {ec:e}");
+    // Every iterate's copy takes part: support of step 1 (copy 0), query and support after
+    // step 1 (copy 1), query after step 2 (copy 2).
+    for s in 0..3 {
+        let row: f64 = (0..36).map(|k| gc[s * 36 + k].abs()).sum();
+        assert!(row > 0.0, "copy {s} of layers.1.weight has no gradient");
+    }
+    assert!(!gr.is_empty());
+}
+
 /// MAML++ (multi-step loss, learned per-step rates, 3 steps): the meta-gradients of θ and of
 /// the rates against central differences of the same weighted objective; first order (its
 /// derivative-order annealing phase) differs.

@@ -211,8 +211,10 @@ fn maml_plus_plus<B: Backend>(s: Scale) {
         return;
     }
     // Every piece on, compressed into a short run: multi-step loss annealed over 20
-    // iterations, first order for the first 10, cosine schedule over the 40.
+    // iterations, first order for the first 10, cosine schedule over the 40, per-step
+    // batch-norm weights and biases.
     let cfg = MamlPlusPlusConfig::new()
+        .with_per_step_groups(vec!["norms".into()])
         .with_inner_lr(0.4)
         .with_inner_steps(2)
         .with_meta_batch_size(4)
@@ -222,12 +224,19 @@ fn maml_plus_plus<B: Backend>(s: Scale) {
         .with_anneal_iterations(40);
     let mut m = MamlPlusPlus::<B, _, 4>::new(cfg, conv4::<B>(s, 5), Default::default()).unwrap();
     let rates_before = m.rates().unwrap();
+    let norms_before = m.step_params().unwrap();
+    assert_eq!(norms_before.len(), 8, "γ and β of 4 batch norms");
     let before = held_out_accuracy(s, &m, 2);
     train(s, &tag::<B>("MAML++"), &mut m, 40, 1);
     check(&tag::<B>("MAML++"), before, held_out_accuracy(s, &m, 2));
     let rates = m.rates().unwrap();
     assert_eq!(rates.len(), 2);
     assert_ne!(rates, rates_before, "the per-step rates were not learned");
+    let norms = m.step_params().unwrap();
+    assert!(
+        norms.iter().all(|c| c.len() == 3 && c[0] != c[2]),
+        "the per-step batch-norm copies were not learned apart"
+    );
 }
 
 fn meta_sgd<B: Backend>(s: Scale) {
