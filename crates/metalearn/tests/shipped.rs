@@ -1,6 +1,7 @@
 //! The meta-trained models shipped under `models/`: each loads from its directory alone
-//! (experiment file, `best/`), is under 1 MB, and a short evaluation on the meta-test tasks lands
-//! inside the interval its `RESULT.json` records. Reads Omniglot from `METALEARN_DATA`
+//! (experiment file, `best/`), is under 1 MB, and a short evaluation on the meta-test tasks (the
+//! first 50 of the recorded episodes) lands within three standard deviations of a 50-episode
+//! subset mean around the accuracy its `RESULT.json` records. Reads Omniglot from `METALEARN_DATA`
 //! (CI: `../shared/data`); skipped loudly without it.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
@@ -71,20 +72,27 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
                 "{}",
                 dir.display()
             );
-            // The first 50 of the recorded 600 episodes (same seeds), so the two estimates
-            // share their episodes: the short one must land within both intervals' reach of
-            // the long one.
+            // The first 50 of the recorded episodes (same seeds): a subset mean of n = 50 out of
+            // N deviates from the full mean with standard deviation σ·√(1/n − 1/N), σ the
+            // per-episode spread recorded by the full run (its CI is 1.96·σ/√N). Allowed: three
+            // such deviations. (Near 100% a 50-episode CI of its own is too narrow to judge by:
+            // most episodes score 1.0.)
             let (a, c) = (short.accuracy.unwrap(), short.accuracy_ci95.unwrap());
             let (a0, c0) = (want.accuracy.unwrap(), want.accuracy_ci95.unwrap());
+            let (n, n_all) = (short.episodes as f64, want.episodes as f64);
+            let sigma = c0 * n_all.sqrt() / 1.96;
+            let allowed = 3.0 * sigma * (1.0 / n - 1.0 / n_all).sqrt();
             assert!(
-                (a - a0).abs() <= c + c0,
-                "{} ({}-way): 50 episodes give {:.2} ± {:.2}%, RESULT.json {:.2} ± {:.2}%",
+                (a - a0).abs() <= allowed,
+                "{} ({}-way): 50 episodes give {:.2} ± {:.2}%, RESULT.json {:.2} ± {:.2}% \
+                 (allowed deviation {:.2} points)",
                 dir.display(),
                 want.ways,
                 100.0 * a,
                 100.0 * c,
                 100.0 * a0,
-                100.0 * c0
+                100.0 * c0,
+                100.0 * allowed
             );
             assert_eq!(short.iterations, want.iterations, "{}", dir.display());
         }

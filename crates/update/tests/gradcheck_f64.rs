@@ -38,6 +38,18 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     num / den.max(1e-300)
 }
 
+/// Central differences of `f` at `base`, every coordinate, step `h`.
+fn central(base: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    (0..base.len())
+        .map(|i| {
+            let (mut a, mut b) = (base.to_vec(), base.to_vec());
+            a[i] += h;
+            b[i] -= h;
+            (f(&a) - f(&b)) / (2.0 * h)
+        })
+        .collect()
+}
+
 /// Central differences of the meta-objective on the coordinates `coords`.
 fn finite_differences<M: MetaTrainable<B, D>, const D: usize>(
     maml: &Maml<B, M, D>,
@@ -185,14 +197,7 @@ fn maml_plus_plus_per_step_parameters_match_finite_differences() {
         )
         .unwrap()
     };
-    let fd: Vec<f64> = (0..base.len())
-        .map(|i| {
-            let (mut a, mut b) = (base.clone(), base.clone());
-            a[i] += h;
-            b[i] -= h;
-            (f(&a, &copies) - f(&b, &copies)) / (2.0 * h)
-        })
-        .collect();
+    let fd = central(&base, h, |p| f(p, &copies));
     let e = rel_err(&g, &fd);
     assert!(
         e < 1e-6,
@@ -201,17 +206,20 @@ fn maml_plus_plus_per_step_parameters_match_finite_differences() {
     // θ's own layers.1 (tensors 2 and 3: 36 + 6 values after 6 + 6) is replaced everywhere.
     assert!(g[12..12 + 42].iter().all(|v| *v == 0.0));
     assert!(fd[12..12 + 42].iter().all(|v| v.abs() < 1e-9));
-    let mut fdc = Vec::new();
-    for t in 0..copies.len() {
-        for s in 0..copies[t].len() {
-            for k in 0..copies[t][s].len() {
-                let (mut a, mut b) = (copies.clone(), copies.clone());
-                a[t][s][k] += h;
-                b[t][s][k] -= h;
-                fdc.push((f(&base, &a) - f(&base, &b)) / (2.0 * h));
-            }
-        }
-    }
+    // The copies, flattened tensor by tensor, row-major [iterate, element] as `gc`.
+    let flat: Vec<f64> = copies.iter().flatten().flatten().copied().collect();
+    let unflatten = |v: &[f64]| -> Vec<Vec<Vec<f64>>> {
+        let mut it = v.iter().copied();
+        copies
+            .iter()
+            .map(|t| {
+                t.iter()
+                    .map(|r| r.iter().map(|_| it.next().unwrap()).collect())
+                    .collect()
+            })
+            .collect()
+    };
+    let fdc = central(&flat, h, |c| f(&base, &unflatten(c)));
     let ec = rel_err(&gc, &fdc);
     assert!(ec < 1e-6, "MAML++ per-step copies: relative error {ec:e}");
     // Every iterate's copy takes part: support of step 1 (copy 0), query and support after
@@ -254,14 +262,7 @@ fn maml_plus_plus_meta_gradients_match_finite_differences() {
         )
         .unwrap()
     };
-    let fd: Vec<f64> = (0..base.len())
-        .map(|i| {
-            let (mut a, mut b) = (base.clone(), base.clone());
-            a[i] += h;
-            b[i] -= h;
-            (f(&a, &rates) - f(&b, &rates)) / (2.0 * h)
-        })
-        .collect();
+    let fd = central(&base, h, |p| f(p, &rates));
     let e = rel_err(&g, &fd);
     assert!(e < 1e-6, "MAML++ θ: relative error {e:e}");
     let fdr: Vec<f64> = (0..gr.len())
