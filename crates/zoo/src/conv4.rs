@@ -462,6 +462,14 @@ mod tests {
         let x = Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [n, c, h, w]), &d);
         // Both paths: untracked (inference) and tracked (training, gather at the argmax).
         let untracked: Vec<f32> = max_pool2x2(x.clone()).into_data().iter::<f32>().collect();
+        let reshaped: Vec<f32> = crate::layers::max_pool2x2_by_reshape(x.clone())
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        assert_eq!(
+            untracked, reshaped,
+            "the reshape path (burn-candle) differs"
+        );
         let xa =
             Tensor::<burn::backend::Autodiff<B>, 4>::from_data(x.into_data(), &d).require_grad();
         let y = max_pool2x2(xa);
@@ -489,13 +497,19 @@ mod tests {
             &d,
         )
         .require_grad();
-        let grads = max_pool2x2(x.clone()).sum().backward();
-        let g: Vec<f32> = x
-            .grad(&grads)
-            .expect("grad")
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        assert_eq!(g, vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        let want = vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+        let by_kernel = max_pool2x2(x.clone()).sum().backward();
+        let by_reshape = crate::layers::max_pool2x2_by_reshape(x.clone())
+            .sum()
+            .backward();
+        for grads in [by_kernel, by_reshape] {
+            let g: Vec<f32> = x
+                .grad(&grads)
+                .expect("grad")
+                .into_data()
+                .iter::<f32>()
+                .collect();
+            assert_eq!(g, want);
+        }
     }
 }

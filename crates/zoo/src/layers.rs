@@ -453,9 +453,15 @@ pub fn batch_norm_train<B: Backend>(
 /// The branch is chosen by the *backend* (`B::ad_enabled(device)`), not by `x.is_require_grad()`:
 /// burn-autodiff 0.21 reports `true` there only for leaf tensors, so every activation inside a
 /// network (an intermediate) would take the inference path during training.
+///
+/// burn-candle 0.21 has no pooling kernel with indices; there the pooling is a reshape to
+/// `[N, C, H/2, 2, W/2, 2]` and two `max_dim`s (the same values and gradients).
 pub fn max_pool2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     let (h2, w2) = (h / 2, w / 2);
+    if B::name(&x.device()).contains("candle") {
+        return max_pool2x2_by_reshape(x);
+    }
     if !B::ad_enabled(&x.device()) {
         return burn::tensor::module::max_pool2d_with_indices(
             x,
@@ -478,5 +484,16 @@ pub fn max_pool2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     // 2-D gather (and scatter-add backward): burn-flex's fast path.
     x.reshape([n * c, h * w])
         .gather(1, argmax.reshape([n * c, h2 * w2]))
+        .reshape([n, c, h2, w2])
+}
+
+/// [`max_pool2x2`] from a reshape and two `max_dim`s: for backends without a pooling kernel.
+pub(crate) fn max_pool2x2_by_reshape<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let (h2, w2) = (h / 2, w / 2);
+    x.slice([0..n, 0..c, 0..2 * h2, 0..2 * w2])
+        .reshape([n, c, h2, 2, w2, 2])
+        .max_dim(5)
+        .max_dim(3)
         .reshape([n, c, h2, w2])
 }
