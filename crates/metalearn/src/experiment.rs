@@ -15,7 +15,8 @@
 //! kind = "conv4"              # conv4 | mlp; the rest are the model config's fields
 //!
 //! [learner]
-//! kind = "maml"               # maml | fomaml | anil | boil | meta_sgd | maml_pp | reptile | protonet
+//! kind = "maml"               # maml | fomaml | anil | boil | meta_sgd | maml_pp | reptile |
+//!                             #   protonet | finetune
 //! inner_lr = 0.4              # the rest are the learner config's fields
 //!
 //! [budget]                    # metalearn_train::TrainerConfig (seed is the top-level one)
@@ -24,6 +25,20 @@
 //! [eval]                      # the test protocol (default: the task's ways/shots, 15 queries)
 //! episodes = 600
 //! steps = 3
+//! ```
+//!
+//! `finetune` (pretrain + fine-tune, Chen et al. 2019's *Baseline*) trains a classifier over
+//! every training class on batches of labelled images, then fits a new linear head on each
+//! test task's support set (`eval.steps` Adam steps, default 100). Its model's `ways` is the
+//! number of training classes, filled in when the run starts:
+//!
+//! ```toml
+//! [learner]
+//! kind = "finetune"
+//! batch = 64                  # labelled images per half of a pretraining batch
+//! batch_size = 1              # such batches per update
+//! learning_rate = 0.001       # Adam, pretraining
+//! head_lr = 0.01              # Adam, the new head at test time
 //! ```
 //!
 //! The other task sources:
@@ -64,7 +79,9 @@ use metalearn_core::backend::BackendKind;
 pub use metalearn_tasks::OmniglotSplit;
 use metalearn_tasks::{DynamicsConfig, Family, ImageFolderConfig, NWayKShotConfig, SinusoidConfig};
 use metalearn_train::TrainerConfig;
-use metalearn_update::{MamlConfig, MamlPlusPlusConfig, ProtoNetConfig, ReptileConfig};
+use metalearn_update::{
+    FineTuneConfig, MamlConfig, MamlPlusPlusConfig, ProtoNetConfig, ReptileConfig,
+};
 use metalearn_zoo::{Conv4Config, MlpConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -205,6 +222,25 @@ pub enum LearnerSpec {
     Reptile(ReptileConfig),
     /// Prototypical Networks.
     ProtoNet(ProtoNetConfig),
+    /// Pretrain + fine-tune (Chen et al. 2019's *Baseline*): supervised training of a
+    /// classifier over all training classes (batches of `batch` labelled images per half, from
+    /// `metalearn_tasks::ClassBatches`), then a new linear head fitted on each test task's
+    /// support set. The model's `ways` is the number of training classes, filled in when the
+    /// run starts ([`Experiment::with_pretraining_classes`]).
+    FineTune {
+        /// The learner's hyper-parameters.
+        config: FineTuneConfig,
+        /// Labelled images per half of a pretraining batch (`learner.batch`).
+        batch: usize,
+    },
+}
+
+impl LearnerSpec {
+    /// Whether the model's head is the task's `ways` (MAML family) rather than something else:
+    /// ProtoNet has no head, FineTune's covers every training class.
+    pub fn head_is_task_ways(&self) -> bool {
+        !matches!(self, Self::ProtoNet(_) | Self::FineTune { .. })
+    }
 }
 
 /// The test protocol.
@@ -421,8 +457,19 @@ impl Experiment {
         resolved.insert("task".into(), Value::Table(task_table));
         let classification = task.is_classification();
 
-        let (model, model_table) =
-            parse_model(&cx, cx.section(&root, "model", false)?, &task, ways)?;
+        // FineTune's head covers the training classes, not the task's ways (checked at run
+        // start, when the classes are known).
+        let pretraining = root
+            .get("learner")
+            .and_then(|l| l.get("kind"))
+            .and_then(Value::as_str)
+            == Some("finetune");
+        let (model, model_table) = parse_model(
+            &cx,
+            cx.section(&root, "model", false)?,
+            &task,
+            (!pretraining).then_some(ways),
+        )?;
         resolved.insert("model".into(), Value::Table(model_table));
 
         let (learner, learner_kind, learner_table) =
@@ -451,7 +498,8 @@ impl Experiment {
         let eval_base = match &task {
             TaskSpec::Omniglot { episode, .. } | TaskSpec::Folder { episode, .. } => EvalSpec {
                 episodes: 600,
-                steps: 1,
+                // FineTune fits a new head from zero: Chen et al. take 100 Adam steps.
+                steps: if pretraining { 100 } else { 1 },
                 ways: episode.ways,
                 shots: episode.shots,
                 queries: metalearn_eval::fewshot::QUERY_PER_CLASS,
@@ -505,6 +553,22 @@ impl Experiment {
     /// The resolved experiment as a TOML table.
     pub fn resolved(&self) -> &Table {
         &self.resolved
+    }
+
+    /// The experiment with FineTune's classifier sized for `classes` training classes
+    /// (`model.ways`); other learners are returned unchanged. [`run::train`](crate::run::train)
+    /// calls it with the training split's class count before the run directory is claimed, so
+    /// the stored `experiment.toml` names the head every later command loads.
+    pub fn with_pretraining_classes(mut self, classes: usize) -> Self {
+        if let (LearnerSpec::FineTune { .. }, ModelSpec::Conv4(c)) =
+            (&self.learner, &mut self.model)
+        {
+            c.ways = classes;
+            if let Some(Value::Table(m)) = self.resolved.get_mut("model") {
+                m.insert("ways".into(), Value::Integer(classes as i64));
+            }
+        }
+        self
     }
 
     /// The same experiment on another backend.
@@ -591,7 +655,11 @@ pub fn check_same_experiment(
     exp: &Experiment,
     file: &Path,
 ) -> std::result::Result<(), crate::Error> {
-    let other = Experiment::load(file)?;
+    let mut other = Experiment::load(file)?;
+    // FineTune's head is sized when the run starts; a hand-written file leaves it out.
+    if let ModelSpec::Conv4(c) = &exp.model {
+        other = other.with_pretraining_classes(c.ways);
+    }
     let keys = fixed_keys(
         &differing_keys(other.resolved(), exp.resolved()),
         &RESUMABLE_CHANGES,
@@ -906,7 +974,7 @@ fn parse_model(
     cx: &Ctx<'_>,
     t: Option<&Table>,
     task: &TaskSpec,
-    ways: usize,
+    ways: Option<usize>,
 ) -> Result<(ModelSpec, Table)> {
     let default_kind = if task.is_classification() {
         "conv4"
@@ -919,7 +987,8 @@ fn parse_model(
     };
     let (model, mut table) = match kind {
         "conv4" => {
-            let mut base = Conv4Config::new(ways);
+            // Without the task's ways (FineTune), a placeholder the run start replaces.
+            let mut base = Conv4Config::new(ways.unwrap_or(1));
             // The images' shape, as the task delivers them.
             let input = match task {
                 TaskSpec::Omniglot { image_size, .. } => Some((1, *image_size)),
@@ -932,7 +1001,7 @@ fn parse_model(
                 base = base.with_in_channels(channels).with_input_size(size);
             }
             let (c, table): (Conv4Config, _) = cx.overlay("model", &base, t, &["kind"])?;
-            if c.ways != ways {
+            if let Some(ways) = ways.filter(|&w| w != c.ways) {
                 return Err(cx.key(
                     "model.ways",
                     format!("is {} but the task has {ways} ways", c.ways),
@@ -1000,8 +1069,8 @@ fn parse_model(
 }
 
 /// The learner kinds an experiment file can name.
-pub const LEARNERS: [&str; 8] = [
-    "maml", "fomaml", "anil", "boil", "meta_sgd", "maml_pp", "reptile", "protonet",
+pub const LEARNERS: [&str; 9] = [
+    "maml", "fomaml", "anil", "boil", "meta_sgd", "maml_pp", "reptile", "protonet", "finetune",
 ];
 
 fn parse_learner(
@@ -1054,6 +1123,24 @@ fn parse_learner(
                 cx.overlay("learner", &ProtoNetConfig::new(), Some(t), &["kind"])?;
             cx.checked("learner", c.validate())?;
             (LearnerSpec::ProtoNet(c), table)
+        }
+        "finetune" => {
+            if !classification {
+                return Err(cx.key("learner.kind", "finetune needs a classification task"));
+            }
+            let batch = usize_key(cx, t, "learner", "batch", Some(64))?;
+            if batch == 0 {
+                return Err(cx.key("learner.batch", "must be at least 1"));
+            }
+            let (c, mut table): (FineTuneConfig, _) = cx.overlay(
+                "learner",
+                &FineTuneConfig::new(),
+                Some(t),
+                &["kind", "batch"],
+            )?;
+            cx.checked("learner", c.validate())?;
+            table.insert("batch".into(), Value::Integer(batch as i64));
+            (LearnerSpec::FineTune { config: c, batch }, table)
         }
         other => {
             return Err(cx.key(

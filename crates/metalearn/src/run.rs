@@ -14,14 +14,15 @@ use metalearn_core::{
 };
 use metalearn_eval::StepsCurve;
 use metalearn_tasks::{
-    image_files, load_image, load_image_folder, Dynamics, ImageFolder, ImageFolderConfig,
-    NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig, Sinusoid,
+    image_files, load_image, load_image_folder, ClassBatches, ClassDataset, Dynamics, ImageFolder,
+    ImageFolderConfig, NWayKShot, NWayKShotConfig, Omniglot, OmniglotClasses, OmniglotConfig,
+    Sinusoid,
 };
 use metalearn_train::{
     evaluate, evaluate_curve, load_best, write_report, Progress, RunDir, TrainSummary, Trainer,
     Validation,
 };
-use metalearn_update::{Maml, MamlPlusPlus, MetaSgd, ProtoNet, Reptile};
+use metalearn_update::{FineTune, Maml, MamlPlusPlus, MetaSgd, ProtoNet, Reptile};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub struct Tasks {
     pub val: Box<dyn TaskDistribution>,
     /// Test tasks (held-out classes) in the evaluation shape.
     pub test: Box<dyn TaskDistribution>,
+    /// Classes of the training split (classification; 0 for regression).
+    pub train_classes: usize,
 }
 
 impl std::fmt::Debug for Tasks {
@@ -101,6 +104,19 @@ pub fn folder_classes(
     }
 }
 
+/// What the learner trains on from the training classes: episodes of the experiment's shape,
+/// or, for FineTune, batches of labelled images over every training class.
+fn training_tasks<D: ClassDataset + 'static>(
+    exp: &Experiment,
+    classes: Arc<D>,
+    episode: NWayKShotConfig,
+) -> metalearn_core::Result<Box<dyn TaskDistribution>> {
+    Ok(match &exp.learner {
+        LearnerSpec::FineTune { batch, .. } => Box::new(ClassBatches::new(classes, *batch)?),
+        _ => Box::new(NWayKShot::new(classes, episode)?),
+    })
+}
+
 /// The experiment's tasks; `test` has the shape of `eval` (ways, shots, queries).
 pub fn tasks(exp: &Experiment) -> Result<Tasks> {
     let e = exp.eval;
@@ -113,7 +129,8 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
         } => {
             let [train, val, test] = omniglot_classes(*split, *rotations, *image_size)?;
             Tasks {
-                train: Box::new(NWayKShot::new(train, *episode)?),
+                train_classes: train.num_classes(),
+                train: training_tasks(exp, train, *episode)?,
                 val: Box::new(NWayKShot::new(val, *episode)?),
                 test: Box::new(NWayKShot::new(
                     test,
@@ -148,8 +165,12 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
                 })?;
                 Ok(Box::new(tasks))
             };
+            let train_classes = train.classes.num_classes();
             Tasks {
-                train: episodes_of("train", train, *episode)?,
+                train_classes,
+                train: training_tasks(exp, Arc::new(train.classes), *episode).map_err(|e| {
+                    Error::Usage(format!("{}: the train split: {e}", path.display()))
+                })?,
                 val: episodes_of("val", val, *episode)?,
                 test: episodes_of(
                     "test",
@@ -162,6 +183,7 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
             let mut test = d.clone();
             (test.support, test.query) = (e.shots, e.queries);
             Tasks {
+                train_classes: 0,
                 train: Box::new(Dynamics::new(d.clone())?),
                 val: Box::new(Dynamics::new(d.clone())?),
                 test: Box::new(Dynamics::new(test)?),
@@ -171,6 +193,7 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
             let mut test = s.clone();
             (test.k_shot, test.query) = (e.shots, e.queries);
             Tasks {
+                train_classes: 0,
                 train: Box::new(Sinusoid::new(s.clone())?),
                 val: Box::new(Sinusoid::new(s.clone())?),
                 test: Box::new(Sinusoid::new(test)?),
@@ -184,7 +207,7 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
 pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
     let device = B::Device::default();
     let seed = SeedStream::new(exp.seed).named("model").seed();
-    // The same four learners over either model (rank-4 images or rank-2 features).
+    // The same learners over either model (rank-4 images or rank-2 features).
     macro_rules! boxed {
         ($d:literal, $model:expr) => {{
             let model = $model;
@@ -204,6 +227,9 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
                 LearnerSpec::ProtoNet(l) => {
                     DynLearner::<_, $d>::boxed(ProtoNet::new(l.clone(), model, device)?)
                 }
+                LearnerSpec::FineTune { config, .. } => {
+                    DynLearner::<_, $d>::boxed(FineTune::new(config.clone(), model, device)?)
+                }
             }
         }};
     }
@@ -216,9 +242,14 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
 /// Train `exp` in `dir`: a new run, or the resumption of the one there (refused if `dir` holds
 /// a different experiment). Writes `experiment.toml`, `metrics.jsonl`, `checkpoints/`, `best/`
 /// and `report.md`.
+///
+/// The data is loaded first: FineTune's classifier is sized to the training split's classes
+/// ([`Experiment::with_pretraining_classes`]) before the run directory is claimed, so the stored
+/// experiment names the head that `eval`, `adapt` and `ship` rebuild.
 pub fn train(exp: &Experiment, dir: &Path, progress: Progress) -> Result<TrainSummary> {
-    claim_run_dir(exp, dir)?;
     let tasks = tasks(exp)?;
+    let exp = &exp.clone().with_pretraining_classes(tasks.train_classes);
+    claim_run_dir(exp, dir)?;
     let mut learner = with_backend!(exp.backend, B => learner::<B>(exp))?;
     let trainer = Trainer::new(exp.budget.clone(), RunDir::new(dir))?.with_progress(progress);
     let summary = trainer.fit(learner.as_mut(), tasks.train.as_ref(), tasks.val.as_ref())?;
@@ -450,11 +481,10 @@ pub fn adapt(
     let config = image_config(&exp)?;
     let folder = load_image_folder(support, config)?;
     let ways = folder.names.len();
-    // A classifier's head has a fixed number of classes; ProtoNet's prototypes do not.
+    // A classifier's head has a fixed number of classes; ProtoNet's prototypes and
+    // FineTune's new head do not.
     let head_ways = match (&exp.model, &exp.learner) {
-        (ModelSpec::Conv4(c), learner) if !matches!(learner, LearnerSpec::ProtoNet(_)) => {
-            Some(c.ways)
-        }
+        (ModelSpec::Conv4(c), learner) if learner.head_is_task_ways() => Some(c.ways),
         _ => None,
     };
     if let Some(trained) = head_ways.filter(|&w| w != ways) {

@@ -86,8 +86,15 @@ fn every_experiment_file_parses_round_trips_and_runs() {
             ("eval", "episodes", Value::Integer(2)),
         ];
         let kind = exp.learner_kind.clone();
-        if kind != "protonet" {
-            edits.push(("learner", "meta_batch_size", Value::Integer(2)));
+        match kind.as_str() {
+            "protonet" => {}
+            "finetune" => {
+                edits.push(("learner", "batch_size", Value::Integer(2)));
+                edits.push(("learner", "batch", Value::Integer(4)));
+                edits.push(("budget", "val_steps", Value::Integer(2)));
+                edits.push(("eval", "steps", Value::Integer(2)));
+            }
+            _ => edits.push(("learner", "meta_batch_size", Value::Integer(2))),
         }
         if omniglot && kind == "protonet" {
             edits.push(("task", "ways", Value::Integer(10)));
@@ -157,6 +164,36 @@ fn int_array(v: &[i64]) -> Value {
 
 fn error_of(text: &str) -> String {
     Experiment::parse(text, "exp.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn finetune_heads_are_sized_to_the_training_classes() {
+    let text = "[task]\nsource = \"folder\"\npath = \"/\"\nways = 5\n[learner]\nkind = \"finetune\"\n[budget]\niterations = 1\n";
+    let exp = Experiment::parse(text, "exp.toml").unwrap();
+    // A placeholder until the data is known; the test protocol fits 100 head steps.
+    assert_eq!(exp.eval.steps, 100);
+    let sized = exp.clone().with_pretraining_classes(37);
+    assert_eq!(sized.resolved()["model"]["ways"].as_integer(), Some(37));
+    match &sized.model {
+        metalearn::experiment::ModelSpec::Conv4(c) => assert_eq!(c.ways, 37),
+        other => panic!("{other:?}"),
+    }
+    // The stored file parses back to the same head (its ways differ from the task's).
+    let again = Experiment::parse(&sized.resolved_toml(), "stored").unwrap();
+    assert_eq!(again.resolved(), sized.resolved());
+    // Other learners keep the task's ways.
+    let proto = Experiment::parse(&text.replace("finetune", "protonet"), "exp.toml").unwrap();
+    let same = proto.clone().with_pretraining_classes(37);
+    assert_eq!(same.resolved(), proto.resolved());
+    assert!(Experiment::parse(
+        &text
+            .replace("[learner]", "[model]\nways = 3\n[learner]")
+            .replace("finetune", "protonet"),
+        "exp.toml"
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("`model.ways`: is 3 but the task has 5 ways"));
 }
 
 #[test]
@@ -301,6 +338,17 @@ fn bad_experiment_files_name_the_key() {
         (
             folder.replace("[model]", "[model]\nin_channels = 1"),
             "`model.in_channels`: is 1 but the task's images have 3",
+        ),
+        (
+            set(
+                &good,
+                &[("learner", "kind", Value::String("finetune".into()))],
+            ),
+            "`learner.kind`: finetune needs a classification task",
+        ),
+        (
+            folder.replace("kind = \"protonet\"", "kind = \"finetune\"\nbatch = 0"),
+            "`learner.batch`: must be at least 1",
         ),
     ];
     for (text, expected) in cases {
