@@ -124,6 +124,24 @@ fn every_experiment_file_parses_round_trips_and_runs() {
         assert_eq!(r.episodes, 2);
         assert!(r.loss.is_finite());
         assert_eq!(r.accuracy.is_some(), classification);
+        if kind == "finetune" {
+            // The hand-written file leaves the head's size out; shipping beside it accepts it.
+            let by_hand = temp("finetune-by-hand");
+            std::fs::create_dir_all(&by_hand).unwrap();
+            let written = format!("backend = \"ndarray\"\n{}", set(&text, &edits));
+            std::fs::write(by_hand.join("experiment.toml"), written).unwrap();
+            let shipped = metalearn::run::ship(&dir, &by_hand, None, &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            // Same model, same episodes. The loss is compared to 1e-6: two evaluations of a
+            // FineTune model in one process were seen to differ at 1e-7 on burn-ndarray (the
+            // head is fitted by Adam on the support set; the cause is not found yet).
+            assert_eq!(shipped.test.accuracy, r.accuracy);
+            assert!(
+                (shipped.test.loss - r.loss).abs() <= 1e-6 * r.loss.abs(),
+                "{r:?}"
+            );
+            std::fs::remove_dir_all(&by_hand).unwrap();
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
     std::fs::remove_dir_all(&images).unwrap();
