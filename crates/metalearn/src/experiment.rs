@@ -457,13 +457,11 @@ impl Experiment {
         resolved.insert("task".into(), Value::Table(task_table));
         let classification = task.is_classification();
 
-        // FineTune's head covers the training classes, not the task's ways (checked at run
+        let (learner, learner_kind, learner_table) =
+            parse_learner(&cx, cx.section(&root, "learner", true)?, classification)?;
+        // FineTune's head covers the training classes, not the task's ways (sized at run
         // start, when the classes are known).
-        let pretraining = root
-            .get("learner")
-            .and_then(|l| l.get("kind"))
-            .and_then(Value::as_str)
-            == Some("finetune");
+        let pretraining = matches!(learner, LearnerSpec::FineTune { .. });
         let (model, model_table) = parse_model(
             &cx,
             cx.section(&root, "model", false)?,
@@ -471,9 +469,6 @@ impl Experiment {
             (!pretraining).then_some(ways),
         )?;
         resolved.insert("model".into(), Value::Table(model_table));
-
-        let (learner, learner_kind, learner_table) =
-            parse_learner(&cx, cx.section(&root, "learner", true)?, classification)?;
         resolved.insert("learner".into(), Value::Table(learner_table));
 
         let base = TrainerConfig::new(1).with_seed(seed);
