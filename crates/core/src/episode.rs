@@ -295,6 +295,38 @@ impl HostBatch {
     }
 }
 
+impl HostBatch {
+    /// The examples at `rows`, in that order (an index may repeat).
+    pub fn select(&self, rows: &[usize]) -> Result<HostBatch> {
+        let n = self.len();
+        if let Some(bad) = rows.iter().find(|&&r| r >= n) {
+            return Err(Error::ShapeMismatch(format!(
+                "example {bad} selected from a batch of {n}"
+            )));
+        }
+        let width = self.input_shape.get(1..).map_or(1, |s| s.iter().product());
+        let mut input_shape = self.input_shape.clone();
+        if let Some(first) = input_shape.first_mut() {
+            *first = rows.len();
+        }
+        let pick = |values: &[f32], w: usize| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&r| values[r * w..(r + 1) * w].iter().copied())
+                .collect()
+        };
+        Ok(HostBatch {
+            inputs: pick(&self.inputs, width),
+            input_shape,
+            targets: pick(&self.targets, self.target_dim),
+            target_dim: self.target_dim,
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| rows.iter().map(|&r| l[r]).collect()),
+        })
+    }
+}
+
 impl EpisodeData {
     /// The episode with its query examples added to the support set (for learners such as
     /// Reptile that train on all of a meta-training task's data).
@@ -340,6 +372,23 @@ pub trait TaskDistribution: Send + Sync {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn select_picks_examples_with_their_targets_and_labels() {
+        let b = super::HostBatch::classification(
+            vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5],
+            vec![3, 2],
+            vec![2, 0, 1],
+            3,
+        )
+        .unwrap();
+        let s = b.select(&[2, 0, 2]).unwrap();
+        assert_eq!(s.input_shape, vec![3, 2]);
+        assert_eq!(s.inputs, vec![2.0, 2.5, 0.0, 0.5, 2.0, 2.5]);
+        assert_eq!(s.labels, Some(vec![1, 2, 1]));
+        assert_eq!(&s.targets[..3], &[0.0, 1.0, 0.0]);
+        assert!(b.select(&[3]).is_err(), "out of range is an error");
+    }
+
     use super::*;
 
     #[test]

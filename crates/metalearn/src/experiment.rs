@@ -16,7 +16,7 @@
 //!
 //! [learner]
 //! kind = "maml"               # maml | fomaml | anil | boil | meta_sgd | maml_pp | reptile |
-//!                             #   protonet | finetune
+//!                             #   protonet | finetune | distill
 //! inner_lr = 0.4              # the rest are the learner config's fields
 //!
 //! [budget]                    # metalearn_train::TrainerConfig (seed is the top-level one)
@@ -39,6 +39,21 @@
 //! batch_size = 1              # such batches per update
 //! learning_rate = 0.001       # Adam, pretraining
 //! head_lr = 0.01              # Adam, the new head at test time
+//! ```
+//!
+//! `distill` (meta-distillation, Hinton et al. 2015 on few-shot episodes) trains the
+//! experiment's model, a Prototypical-Network student, to match the prototype classifier of a
+//! trained teacher — the best model of another run directory, e.g. a shipped model — on every
+//! training episode; it is evaluated as a Prototypical Network:
+//!
+//! ```toml
+//! [learner]
+//! kind = "distill"
+//! teacher = "../../models/omniglot/protonet-5way-1shot"   # relative to the experiment file
+//! temperature = 4.0           # softmax temperature of the soft targets
+//! alpha = 0.9                 # weight of the teacher's soft targets (1 − alpha: the labels)
+//! learning_rate = 0.001       # Adam, the student
+//! meta_batch_size = 1         # episodes per update
 //! ```
 //!
 //! The other task sources:
@@ -80,7 +95,7 @@ pub use metalearn_tasks::OmniglotSplit;
 use metalearn_tasks::{DynamicsConfig, Family, ImageFolderConfig, NWayKShotConfig, SinusoidConfig};
 use metalearn_train::TrainerConfig;
 use metalearn_update::{
-    FineTuneConfig, MamlConfig, MamlPlusPlusConfig, ProtoNetConfig, ReptileConfig,
+    DistillConfig, FineTuneConfig, MamlConfig, MamlPlusPlusConfig, ProtoNetConfig, ReptileConfig,
 };
 use metalearn_zoo::{Conv4Config, MlpConfig};
 use serde::de::DeserializeOwned;
@@ -189,6 +204,15 @@ impl TaskSpec {
         matches!(self, Self::Omniglot { .. } | Self::Folder { .. })
     }
 
+    /// (channels, height = width) of an image task's inputs.
+    fn image_input(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::Omniglot { image_size, .. } => Some((1, *image_size)),
+            Self::Folder { image, .. } => Some((if image.grayscale { 1 } else { 3 }, image.size)),
+            Self::Sinusoid(_) | Self::Dynamics(_) => None,
+        }
+    }
+
     /// (input features, outputs) of a regression task's examples.
     fn regression_dims(&self) -> Option<(usize, usize)> {
         match self {
@@ -233,13 +257,37 @@ pub enum LearnerSpec {
         /// Labelled images per half of a pretraining batch (`learner.batch`).
         batch: usize,
     },
+    /// Meta-distillation (Hinton et al. 2015 on few-shot episodes): the experiment's model, a
+    /// Prototypical-Network student, learns to match the prototype classifier of a trained
+    /// teacher (the best model of another run) on every training episode.
+    Distill {
+        /// The distillation hyper-parameters.
+        config: DistillConfig,
+        /// Episodes per update (`learner.meta_batch_size`).
+        meta_batch_size: usize,
+        /// The teacher.
+        teacher: Box<Teacher>,
+    },
+}
+
+/// A distillation teacher: the best model of a finished (or running) run.
+#[derive(Debug, Clone)]
+pub struct Teacher {
+    /// The teacher's run directory (absolute once parsed, when it exists).
+    pub dir: PathBuf,
+    /// The teacher's model as its run recorded it; `None` when `dir` holds no best model
+    /// (training refuses to start, evaluating the student needs no teacher).
+    pub model: Option<ModelSpec>,
 }
 
 impl LearnerSpec {
     /// Whether the model's head is the task's `ways` (MAML family) rather than something else:
-    /// ProtoNet has no head, FineTune's covers every training class.
+    /// ProtoNet and distillation students have no head, FineTune's covers every training class.
     pub fn head_is_task_ways(&self) -> bool {
-        !matches!(self, Self::ProtoNet(_) | Self::FineTune { .. })
+        !matches!(
+            self,
+            Self::ProtoNet(_) | Self::FineTune { .. } | Self::Distill { .. }
+        )
     }
 }
 
@@ -455,10 +503,9 @@ impl Experiment {
 
         let (task, task_table, ways) = parse_task(&cx, cx.section(&root, "task", true)?)?;
         resolved.insert("task".into(), Value::Table(task_table));
-        let classification = task.is_classification();
 
         let (learner, learner_kind, learner_table) =
-            parse_learner(&cx, cx.section(&root, "learner", true)?, classification)?;
+            parse_learner(&cx, cx.section(&root, "learner", true)?, &task)?;
         // FineTune's head covers the training classes, not the task's ways (sized at run
         // start, when the classes are known).
         let pretraining = matches!(learner, LearnerSpec::FineTune { .. });
@@ -564,6 +611,26 @@ impl Experiment {
             }
         }
         self
+    }
+
+    /// Refuse to train a distillation student without its teacher (a run directory with a
+    /// best model); every other experiment passes.
+    pub fn check_teacher(&self) -> Result<()> {
+        match &self.learner {
+            LearnerSpec::Distill { teacher, .. } if teacher.model.is_none() => {
+                let best = metalearn_train::RunDir::new(&teacher.dir).best_model();
+                Err(ConfigError::Key {
+                    file: "experiment".into(),
+                    key: "learner.teacher".into(),
+                    reason: format!(
+                        "{} has no best model ({} is missing; train the teacher first)",
+                        teacher.dir.display(),
+                        best.display()
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The same experiment on another backend.
@@ -720,6 +787,64 @@ pub(crate) fn claim(
 /// The experiment recorded in a run directory.
 pub fn load_run_dir(dir: &Path) -> Result<Experiment> {
     Experiment::load(&dir.join("experiment.toml"))
+}
+
+/// A path key, relative to the experiment file's folder when not absolute, made absolute.
+fn resolve_path(cx: &Ctx<'_>, key: &str, path: &str) -> Result<PathBuf> {
+    let mut p = PathBuf::from(path);
+    if p.is_relative() {
+        let base = Path::new(cx.file).parent().unwrap_or(Path::new(""));
+        p = base.join(p);
+    }
+    std::fs::canonicalize(&p).map_err(|e| cx.key(key, format!("{}: {e}", p.display())))
+}
+
+/// `learner.teacher`: a run directory (relative to the experiment file's folder). When it holds
+/// a best model, its experiment must be on images of the student's shape; when it does not (a
+/// run directory moved to another machine without its teacher), the experiment still parses,
+/// so that the student can be evaluated and used, and [`Experiment::check_teacher`] refuses to
+/// train it.
+fn parse_teacher(cx: &Ctx<'_>, t: &Table, task: &TaskSpec) -> Result<Teacher> {
+    let key = "learner.teacher";
+    let path = cx.string(t, "learner", "teacher")?.ok_or_else(|| {
+        cx.key(
+            key,
+            "missing (the run directory of the teacher, e.g. a shipped model under \
+             models/omniglot/)",
+        )
+    })?;
+    let mut dir = PathBuf::from(path);
+    if dir.is_relative() {
+        dir = Path::new(cx.file)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(dir);
+    }
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    if !metalearn_train::RunDir::new(&dir).best_model().is_file() {
+        return Ok(Teacher { dir, model: None });
+    }
+    let exp =
+        load_run_dir(&dir).map_err(|e| cx.key(key, format!("the teacher's experiment: {e}")))?;
+    let (theirs, ours) = (exp.task.image_input(), task.image_input());
+    if theirs != ours {
+        let shape = |s: Option<(usize, usize)>| match s {
+            Some((c, n)) => format!("{c}×{n}×{n} images"),
+            None => "no images".to_string(),
+        };
+        return Err(cx.key(
+            key,
+            format!(
+                "the teacher was trained on {}, this task has {}",
+                shape(theirs),
+                shape(ours)
+            ),
+        ));
+    }
+    Ok(Teacher {
+        dir,
+        model: Some(exp.model),
+    })
 }
 
 /// The top-level `backend` key (default: flex).
@@ -922,13 +1047,7 @@ fn parse_folder(cx: &Ctx<'_>, t: &Table) -> Result<(TaskSpec, Table, usize)> {
             "val_fraction + test_fraction must leave classes to train on (sum < 1)",
         ));
     }
-    let mut dir = PathBuf::from(&f.path);
-    if dir.is_relative() {
-        let base = Path::new(cx.file).parent().unwrap_or(Path::new(""));
-        dir = base.join(dir);
-    }
-    let dir = std::fs::canonicalize(&dir)
-        .map_err(|e| cx.key("task.path", format!("{}: {e}", dir.display())))?;
+    let dir = resolve_path(cx, "task.path", &f.path)?;
     let needed: &[&str] = match f.split {
         FolderSplit::Random => &[""],
         FolderSplit::Folders => &["train", "val", "test"],
@@ -1064,15 +1183,17 @@ fn parse_model(
 }
 
 /// The learner kinds an experiment file can name.
-pub const LEARNERS: [&str; 9] = [
+pub const LEARNERS: [&str; 10] = [
     "maml", "fomaml", "anil", "boil", "meta_sgd", "maml_pp", "reptile", "protonet", "finetune",
+    "distill",
 ];
 
 fn parse_learner(
     cx: &Ctx<'_>,
     t: Option<&Table>,
-    classification: bool,
+    task: &TaskSpec,
 ) -> Result<(LearnerSpec, String, Table)> {
+    let classification = task.is_classification();
     let empty = Table::new();
     let t = t.unwrap_or(&empty);
     let kind = cx.string(t, "learner", "kind")?.ok_or_else(|| {
@@ -1136,6 +1257,40 @@ fn parse_learner(
             cx.checked("learner", c.validate())?;
             table.insert("batch".into(), Value::Integer(batch as i64));
             (LearnerSpec::FineTune { config: c, batch }, table)
+        }
+        "distill" => {
+            if !classification {
+                return Err(cx.key("learner.kind", "distill needs a classification task"));
+            }
+            let meta_batch_size = usize_key(cx, t, "learner", "meta_batch_size", Some(1))?;
+            if meta_batch_size == 0 {
+                return Err(cx.key("learner.meta_batch_size", "must be at least 1"));
+            }
+            let teacher = parse_teacher(cx, t, task)?;
+            let (c, mut table): (DistillConfig, _) = cx.overlay(
+                "learner",
+                &DistillConfig::new(),
+                Some(t),
+                &["kind", "teacher", "meta_batch_size"],
+            )?;
+            cx.checked("learner", c.validate())?;
+            table.insert(
+                "meta_batch_size".into(),
+                Value::Integer(meta_batch_size as i64),
+            );
+            let dir_text = teacher.dir.to_str().ok_or_else(|| {
+                cx.key(
+                    "learner.teacher",
+                    format!("{} is not valid UTF-8", teacher.dir.display()),
+                )
+            })?;
+            table.insert("teacher".into(), Value::String(dir_text.into()));
+            let spec = LearnerSpec::Distill {
+                config: c,
+                meta_batch_size,
+                teacher: Box::new(teacher),
+            };
+            (spec, table)
         }
         other => {
             return Err(cx.key(

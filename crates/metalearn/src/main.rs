@@ -61,6 +61,11 @@ enum Command {
         /// Also print the steps curve: the same episodes scored after 0, 1, …, steps steps.
         #[arg(long)]
         curve: bool,
+        /// Score by transfer: fit a new linear head on each support set (Adam, --steps steps,
+        /// default 100) with the trained body frozen, instead of the learner's own adaptation
+        /// (compares any learner's features, as Chen et al. 2019 do).
+        #[arg(long)]
+        transfer: bool,
         /// Print JSON instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -163,6 +168,7 @@ fn run(cli: Cli) -> metalearn::Result<()> {
             shots,
             steps,
             curve,
+            transfer,
             json,
         } => {
             let r = eval(
@@ -173,6 +179,7 @@ fn run(cli: Cli) -> metalearn::Result<()> {
                     shots,
                     steps,
                     curve,
+                    transfer,
                 },
             )?;
             if json {

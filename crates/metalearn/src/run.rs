@@ -22,7 +22,11 @@ use metalearn_train::{
     evaluate, evaluate_curve, load_best, write_report, Progress, RunDir, TrainSummary, Trainer,
     Validation,
 };
-use metalearn_update::{FineTune, Maml, MamlPlusPlus, MetaSgd, ProtoNet, Reptile};
+use metalearn_update::transfer::{Transfer, TransferConfig};
+use metalearn_update::{
+    EpisodicDistiller, FineTune, Maml, MamlPlusPlus, MetaSgd, ProtoNet, Reptile,
+};
+use metalearn_zoo::{Conv4, Conv4Config};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -230,13 +234,90 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
                 LearnerSpec::FineTune { config, .. } => {
                     DynLearner::<_, $d>::boxed(FineTune::new(config.clone(), model, device)?)
                 }
+                // Built above (a teacher and a student of their own types).
+                LearnerSpec::Distill { .. } => {
+                    return Err(Error::Usage("distillation needs conv4 models".into()))
+                }
             }
         }};
+    }
+    if let LearnerSpec::Distill {
+        config,
+        meta_batch_size,
+        teacher,
+    } = &exp.learner
+    {
+        let ModelSpec::Conv4(student) = &exp.model else {
+            return Err(Error::Usage("distillation needs a conv4 student".into()));
+        };
+        // Without its teacher (a run directory moved elsewhere) the student can still be
+        // evaluated and used: only training consults the teacher, and `train` refuses to
+        // start without it (Experiment::check_teacher).
+        let teacher = match &teacher.model {
+            Some(ModelSpec::Conv4(c)) => load_teacher::<B>(c, &teacher.dir, &device)?,
+            Some(ModelSpec::Mlp(_)) => {
+                return Err(Error::Usage("distillation needs a conv4 teacher".into()))
+            }
+            None => student.init::<B>(seed, &device)?,
+        };
+        let student = student.init::<Autodiff<B>>(seed, &device)?;
+        return Ok(DynLearner::<_, 4>::boxed(EpisodicDistiller::new(
+            config.clone(),
+            student,
+            teacher,
+            *meta_batch_size,
+            device,
+        )?));
     }
     Ok(match &exp.model {
         ModelSpec::Conv4(c) => boxed!(4, c.init::<Autodiff<B>>(seed, &device)?),
         ModelSpec::Mlp(c) => boxed!(2, c.init::<Autodiff<B>>(seed, &device)?),
     })
+}
+
+/// The best model of the run in `dir` (state part `model`) loaded into `init`.
+fn best_model<B: Backend, M: burn::module::Module<Autodiff<B>>>(
+    init: M,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<M> {
+    let best = RunDir::new(dir).best_model();
+    let state = metalearn_train::read_state(&best)?;
+    metalearn_core::checkpoint::load_module_bytes::<Autodiff<B>, _>(
+        init,
+        state.part("model")?,
+        device,
+    )
+    .map_err(|e| Error::Usage(format!("{}: {e}", best.display())))
+}
+
+/// The best model of the run in `dir` (a distillation teacher), on the plain backend.
+fn load_teacher<B: Backend>(
+    model: &Conv4Config,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Conv4<B>> {
+    use burn::module::AutodiffModule;
+    Ok(best_model::<B, _>(model.init::<Autodiff<B>>(0, device)?, dir, device)?.valid())
+}
+
+/// The best model of the run in `dir` as a transfer start: evaluated by fitting a new linear
+/// head on each support set, the body frozen (`metalearn eval --transfer`).
+fn transfer_learner<B: Backend>(exp: &Experiment, dir: &Path) -> Result<Box<dyn AnyLearner>> {
+    let device = B::Device::default();
+    match &exp.model {
+        ModelSpec::Conv4(c) => {
+            let body = best_model::<B, _>(c.init::<Autodiff<B>>(0, &device)?, dir, &device)?;
+            Ok(DynLearner::<_, 4>::boxed(Transfer::new(
+                TransferConfig::new(),
+                body,
+                device,
+            )?))
+        }
+        ModelSpec::Mlp(_) => Err(Error::Usage(
+            "--transfer fits a new classification head: it needs a run on images".into(),
+        )),
+    }
 }
 
 /// Train `exp` in `dir`: a new run, or the resumption of the one there (refused if `dir` holds
@@ -247,6 +328,7 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
 /// ([`Experiment::with_pretraining_classes`]) before the run directory is claimed, so the stored
 /// experiment names the head that `eval`, `adapt` and `ship` rebuild.
 pub fn train(exp: &Experiment, dir: &Path, progress: Progress) -> Result<TrainSummary> {
+    exp.check_teacher()?;
     let tasks = tasks(exp)?;
     let exp = &exp.clone().with_pretraining_classes(tasks.train_classes);
     claim_run_dir(exp, dir)?;
@@ -270,6 +352,10 @@ pub struct EvalOverrides {
     pub steps: Option<usize>,
     /// Also measure the steps curve: accuracy and loss after 0, 1, …, `steps` steps.
     pub curve: bool,
+    /// Evaluate by transfer instead of the learner's own adaptation: a new linear head fitted
+    /// on each support set (Adam, `steps` steps, default 100) on the frozen trained body — the
+    /// linear-probe protocol of Chen et al. (2019), which compares any learner's features.
+    pub transfer: bool,
 }
 
 /// The test metrics after a number of adaptation steps (one point of the steps curve).
@@ -314,6 +400,10 @@ pub struct EvalReport {
     pub loss: f64,
     /// Its 95% CI half-width.
     pub loss_ci95: f64,
+    /// Scored by transfer (a new linear head on the frozen body), not the learner's own
+    /// adaptation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transfer: bool,
     /// The steps curve (with `--curve`; empty otherwise): the same episodes scored after
     /// 0, 1, …, `steps` adaptation steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -328,7 +418,10 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
     e.episodes = overrides.episodes.unwrap_or(e.episodes);
     e.ways = overrides.ways.unwrap_or(e.ways);
     e.shots = overrides.shots.unwrap_or(e.shots);
-    e.steps = overrides.steps.unwrap_or(e.steps);
+    // A new head starts from zero: Chen et al. fit it with 100 Adam steps.
+    e.steps = overrides
+        .steps
+        .unwrap_or(if overrides.transfer { 100 } else { e.steps });
     if e.episodes == 0 || e.ways == 0 || e.shots == 0 {
         return Err(Error::Usage(
             "--episodes, --ways and --shots must be at least 1".into(),
@@ -338,6 +431,9 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
     let mut learner = with_backend!(exp.backend, B => learner::<B>(&exp))?;
     let run = RunDir::new(dir);
     let validation = load_best(&run, learner.as_mut())?;
+    if overrides.transfer {
+        learner = with_backend!(exp.backend, B => transfer_learner::<B>(&exp, dir))?;
+    }
     let measure = if overrides.curve {
         evaluate_curve
     } else {
@@ -367,6 +463,7 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
         accuracy_ci95: p.accuracy.map(|a| a.ci95),
         loss: p.loss.mean,
         loss_ci95: p.loss.ci95,
+        transfer: overrides.transfer,
         curve: if overrides.curve {
             curve
                 .points
@@ -408,9 +505,14 @@ impl EvalReport {
             (Some(a), Some(c)) => format!("accuracy {:.2} ± {:.2}%", 100.0 * a, 100.0 * c),
             _ => format!("loss {:.4} ± {:.4}", self.loss, self.loss_ci95),
         };
+        let how = if self.transfer {
+            "steps fitting a new linear head on the frozen body"
+        } else {
+            "adaptation steps"
+        };
         format!(
-            "{}: {score} ({}-way {}-shot, {} queries, {} episodes, {} adaptation steps; model \
-             of iteration {})",
+            "{}: {score} ({}-way {}-shot, {} queries, {} episodes, {} {how}; model of \
+             iteration {})",
             self.experiment,
             self.ways,
             self.shots,

@@ -96,7 +96,7 @@ fn every_experiment_file_parses_round_trips_and_runs() {
             }
             _ => edits.push(("learner", "meta_batch_size", Value::Integer(2))),
         }
-        if omniglot && kind == "protonet" {
+        if omniglot && (kind == "protonet" || kind == "distill") {
             edits.push(("task", "ways", Value::Integer(10)));
         }
         if kind == "reptile" {
@@ -132,12 +132,15 @@ fn every_experiment_file_parses_round_trips_and_runs() {
             std::fs::write(by_hand.join("experiment.toml"), written).unwrap();
             let shipped = metalearn::run::ship(&dir, &by_hand, None, &[])
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            // Same model, same episodes. The loss is compared to 1e-6: two evaluations of a
-            // FineTune model in one process were seen to differ at 1e-7 on burn-ndarray (the
-            // head is fitted by Adam on the support set; the cause is not found yet).
+            // Same model, same episodes. The loss is compared to 1e-5: two evaluations of a
+            // FineTune model in one process differ on burn-ndarray by up to 2e-6 (relative)
+            // when other tests run alongside, and agree bit for bit when this test runs alone
+            // (the head is fitted by Adam on the support set; suspected: reductions whose
+            // summation order depends on the buffers' alignment; not found yet). Evaluating
+            // another model or other episodes moves the loss by far more.
             assert_eq!(shipped.test.accuracy, r.accuracy);
             assert!(
-                (shipped.test.loss - r.loss).abs() <= 1e-6 * r.loss.abs(),
+                (shipped.test.loss - r.loss).abs() <= 1e-5 * r.loss.abs(),
                 "{r:?}"
             );
             std::fs::remove_dir_all(&by_hand).unwrap();
@@ -178,6 +181,45 @@ fn write_class_folders(root: &Path, classes: usize, per_class: usize) {
 
 fn int_array(v: &[i64]) -> Value {
     Value::Array(v.iter().map(|&i| Value::Integer(i)).collect())
+}
+
+fn shipped_protonet() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/omniglot/protonet-5way-1shot")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_distillation_student_trains_only_with_its_teacher() {
+    let text = std::fs::read_to_string(experiments().join("omniglot/distill-5way-1shot.toml"))
+        .unwrap()
+        .replace("iterations = 6000", "iterations = 1");
+    let exp = Experiment::parse(&text, "exp.toml").unwrap();
+    match &exp.learner {
+        metalearn::experiment::LearnerSpec::Distill { teacher, .. } => {
+            assert!(teacher.dir.is_absolute());
+            assert!(teacher.model.is_some(), "the shipped ProtoNet teaches");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(exp.check_teacher().is_ok());
+    // A run directory whose teacher is gone still parses (its student can be evaluated), but
+    // does not train.
+    let gone = text.replace(
+        "../../models/omniglot/protonet-5way-1shot",
+        "/nonexistent/teacher-run",
+    );
+    let exp = Experiment::parse(&gone, "exp.toml").unwrap();
+    let e = exp.check_teacher().unwrap_err().to_string();
+    assert!(
+        e.contains("`learner.teacher`: /nonexistent/teacher-run has no best model"),
+        "{e}"
+    );
+    let dir = temp("distill-without-teacher");
+    let e = train(&exp, &dir, Progress::Quiet).unwrap_err().to_string();
+    assert!(e.contains("train the teacher first"), "{e}");
+    assert!(!dir.exists(), "nothing written before the check");
 }
 
 fn error_of(text: &str) -> String {
@@ -367,6 +409,33 @@ fn bad_experiment_files_name_the_key() {
         (
             folder.replace("kind = \"protonet\"", "kind = \"finetune\"\nbatch = 0"),
             "`learner.batch`: must be at least 1",
+        ),
+        (
+            folder.replace("kind = \"protonet\"", "kind = \"distill\""),
+            "`learner.teacher`: missing",
+        ),
+        (
+            folder.replace(
+                "kind = \"protonet\"",
+                "kind = \"distill\"\nteacher = \"/\"\nalpha = 2.0",
+            ),
+            "`learner.alpha`",
+        ),
+        (
+            // The shipped ProtoNet saw 1×28×28 Omniglot images; this folder task has 3×84×84.
+            folder.replace(
+                "kind = \"protonet\"",
+                &format!("kind = \"distill\"\nteacher = {:?}", shipped_protonet()),
+            ),
+            "`learner.teacher`: the teacher was trained on 1×28×28 images, this task has \
+             3×84×84 images",
+        ),
+        (
+            set(
+                &good,
+                &[("learner", "kind", Value::String("distill".into()))],
+            ),
+            "`learner.kind`: distill needs a classification task",
         ),
     ];
     for (text, expected) in cases {

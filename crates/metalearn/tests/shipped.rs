@@ -98,3 +98,35 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
         }
     }
 }
+
+/// `metalearn eval --transfer`: a new linear head fitted on each support set with the shipped
+/// ProtoNet's body frozen (Chen et al.'s linear probe) classifies far above chance (20%), and
+/// the report says it was scored that way.
+#[test]
+fn a_shipped_body_transfers_to_new_characters_with_a_new_head() {
+    if std::env::var_os("METALEARN_DATA").is_none() {
+        eprintln!("\n!!!!! SKIPPED: METALEARN_DATA is not set; transfer not evaluated !!!!!\n");
+        return;
+    }
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/omniglot/protonet-5way-1shot");
+    let r = eval(
+        &dir,
+        EvalOverrides {
+            episodes: Some(20),
+            transfer: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.transfer && r.line().contains("new linear head"), "{r:?}");
+    assert_eq!(
+        r.steps, 100,
+        "a new head gets Chen et al.'s 100 steps by default"
+    );
+    let a = r.accuracy.unwrap();
+    assert!(
+        a > 0.8,
+        "5-way 1-shot by a linear probe on ProtoNet features: {a}"
+    );
+}

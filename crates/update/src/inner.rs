@@ -178,6 +178,14 @@ impl<B: Backend> InnerUpdate<B> for &Sizes<Tensor<B, 1>> {
     }
 }
 
+/// A rule lent to one adaptation keeps its state for the next (Adam's moments across
+/// Reptile's inner minibatches).
+impl<B: Backend, R: InnerUpdate<B>> InnerUpdate<B> for &mut R {
+    fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1> {
+        (**self).update(i, t, g)
+    }
+}
+
 impl<B: Backend> InnerUpdate<B> for Sizes<Tensor<B, 1>> {
     fn update(&mut self, i: usize, t: Tensor<B, 1>, g: Option<Tensor<B, 1>>) -> Tensor<B, 1> {
         step(t, g, i, self)

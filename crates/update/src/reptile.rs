@@ -1,7 +1,8 @@
 //! Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
 //!
 //! For each task of a meta-batch: `k` SGD (or Adam) steps on all its examples (support and query: Reptile
-//! has no held-out inner objective) from θ give φ; then `θ ← θ + ε · (mean φ − θ)`, with ε
+//! has no held-out inner objective) — each step on all of them, or, with `inner_batch`, on
+//! minibatches drawn without replacement as in the reference implementation — from θ give φ; then `θ ← θ + ε · (mean φ − θ)`, with ε
 //! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
 //! after adaptation. At test time only the support set is used.
 
@@ -32,6 +33,8 @@ use metalearn_core::params;
 /// | `adam_beta1` | 0.0 | Adam's β₁ (Nichol et al.: 0) | [0, 1) |
 /// | `adam_beta2` | 0.999 | Adam's β₂ | [0, 1) |
 /// | `transductive` | true | evaluate the query batch in one forward pass (false: each query example with the support set, Nichol et al.'s protocol) | — |
+/// | `inner_batch` | 0 | examples per inner step during meta-training (0: all of the task's; Nichol et al.: 10) | — |
+/// | `seed` | 0 | seed of the inner minibatches' order (with the iteration and the task's place in the meta-batch) | — |
 ///
 /// Nichol et al. use Adam (β₁ = 0) with learning rate 0.001 in the inner loop
 /// ([`ReptileConfig::nichol_omniglot`]); the default here is plain SGD, for which 0.1 works well
@@ -72,6 +75,15 @@ pub struct ReptileConfig {
     /// support set).
     #[config(default = true)]
     pub transductive: bool,
+    /// Examples per inner step during meta-training (0: all of the task's examples). The
+    /// reference implementation's Omniglot setting is 10: five steps on minibatches of 10 are
+    /// one pass over a 5-way task's 50 examples, in a shuffled order, without replacement
+    /// (a new shuffle when a pass is used up). Test-time adaptation uses the whole support set.
+    #[config(default = 0)]
+    pub inner_batch: usize,
+    /// Seed of the inner minibatches' order.
+    #[config(default = 0)]
+    pub seed: u64,
 }
 
 impl ReptileConfig {
@@ -196,10 +208,28 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
             .iter()
             .map(|e| (theta.clone(), e, self.rule()))
             .collect();
-        let parts = self.pool.map(jobs, |_, (theta, ep, rule)| {
+        let (batch, iteration) = (self.config.inner_batch, self.iterations as u64);
+        let order = metalearn_core::SeedStream::new(self.config.seed)
+            .named("reptile inner batches")
+            .child(iteration);
+        let parts = self.pool.map(jobs, |j, (theta, ep, mut rule)| {
             // Reptile trains on all of a meta-training task's examples.
             let ep = ep.all_as_support()?;
-            let phi = adapt::<B, M, D>(theta, &ep, steps, rule, device)?;
+            let phi = if batch == 0 || batch >= ep.support.len() {
+                adapt::<B, M, D>(theta, &ep, steps, rule, device)?
+            } else {
+                let rows = minibatches(ep.support.len(), batch, steps, order.child(j as u64));
+                let mut phi = theta;
+                for r in rows {
+                    let step = EpisodeData {
+                        kind: ep.kind,
+                        support: ep.support.select(&r)?,
+                        query: ep.query.select(&r)?,
+                    };
+                    phi = adapt::<B, M, D>(phi, &step, 1, &mut rule, device)?;
+                }
+                phi
+            };
             let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, &ep, true, device)?;
             Ok((phi, loss, acc))
         })?;
@@ -235,6 +265,33 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
     adaptation_methods!(B, M, D);
 }
 
+/// The rows of `steps` minibatches of `batch` out of `n` examples: consecutive chunks of a
+/// stream of shuffled passes over the examples (a chunk may span two passes), as the reference
+/// implementation draws them.
+fn minibatches(
+    n: usize,
+    batch: usize,
+    steps: usize,
+    seed: metalearn_core::SeedStream,
+) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    let mut rng = seed.rng();
+    let mut pass: Vec<usize> = Vec::new();
+    let mut out = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let mut rows = Vec::with_capacity(batch);
+        while rows.len() < batch {
+            if pass.is_empty() {
+                pass = (0..n).collect();
+                pass.shuffle(&mut rng);
+            }
+            rows.extend(pass.pop());
+        }
+        out.push(rows);
+    }
+    out
+}
+
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Reptile<B, M, D> {
     fn learner_name(&self) -> &'static str {
         "Reptile"
@@ -263,5 +320,30 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Reptile<
         self.model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
         self.iterations = state.iterations;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalearn_core::SeedStream;
+
+    #[test]
+    fn inner_minibatches_are_passes_without_replacement() {
+        // Nichol et al.'s Omniglot setting: 5 minibatches of 10 out of 50 are one pass.
+        let rows = minibatches(50, 10, 5, SeedStream::new(3));
+        assert_eq!(rows.len(), 5);
+        let mut seen: Vec<usize> = rows.concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>(), "every example once");
+        assert_ne!(rows[0], (0..10).collect::<Vec<_>>(), "shuffled");
+        // Seeded: the same seed, the same order; another seed, another order.
+        assert_eq!(rows, minibatches(50, 10, 5, SeedStream::new(3)));
+        assert_ne!(rows, minibatches(50, 10, 5, SeedStream::new(4)));
+        // More steps than a pass: every example is used once per pass.
+        let long = minibatches(6, 4, 3, SeedStream::new(1)).concat();
+        for k in 0..6 {
+            assert_eq!(long.iter().filter(|&&r| r == k).count(), 2, "{long:?}");
+        }
     }
 }

@@ -255,6 +255,42 @@ where
     }
 }
 
+/// A start is saved and restored like a learner's model (part `model`), so a program that
+/// holds learners as [`AnyLearner`](metalearn_core::AnyLearner)s can hold a transfer start
+/// too; it never trains, so its iteration count is 0.
+impl<B, M, const D: usize> metalearn_core::Checkpoint for Transfer<B, M, D>
+where
+    B: Backend,
+    M: AutodiffModule<AB<B>> + EmbeddingModule<AB<B>, D>,
+    M::InnerModule: EmbeddingModule<B, D>,
+{
+    fn learner_name(&self) -> &'static str {
+        "Transfer"
+    }
+
+    fn iterations(&self) -> usize {
+        0
+    }
+
+    fn parameters(&self) -> Vec<f64> {
+        metalearn_core::params::to_vec(&self.body)
+    }
+
+    fn state(&self) -> CoreResult<metalearn_core::LearnerState> {
+        crate::state::put_module::<B, M>(
+            metalearn_core::LearnerState::new(self.learner_name(), 0),
+            "model",
+            &self.body,
+        )
+    }
+
+    fn load_state(&mut self, state: &metalearn_core::LearnerState) -> CoreResult<()> {
+        state.expect_learner(self.learner_name())?;
+        self.body = crate::state::take_module::<B, M>(state, "model", &self.body, &self.device)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,74 @@ fn check_mlp(steps: usize) {
     );
 }
 
+/// First-order MAML's meta-gradient is, by definition, the query-loss gradient at each task's
+/// adapted parameters φ (dφ/dθ taken as the identity), averaged over the meta-batch: checked
+/// against central differences of the query loss around φ, for an MLP and a Conv4 (the
+/// parameter-id bookkeeping that carries φ's gradient back to θ must lose no layer).
+#[test]
+fn first_order_gradient_is_the_query_gradient_at_the_adapted_parameters() {
+    use metalearn_update::inner::{adapt, evaluate, Sizes};
+    setup();
+    let device = Default::default();
+    fn check<M: MetaTrainable<B, D>, const D: usize>(
+        model: M,
+        episodes: &[EpisodeData],
+        cfg: MamlConfig,
+        what: &str,
+    ) {
+        let device = Default::default();
+        let fo = Maml::new(cfg.clone().with_second_order(false), model, device).unwrap();
+        let g = fo.meta_gradient_vec(episodes).unwrap();
+        // Central differences at two step sizes; ReLU, max-pool and batch norm put kinks near
+        // φ, so compare on the coordinates where the two agree (most must).
+        let (mut fd_a, mut fd_b) = (vec![0.0; g.len()], vec![0.0; g.len()]);
+        for ep in episodes {
+            let sizes: Sizes<burn::tensor::Tensor<B, 1>> = Sizes::Uniform(cfg.inner_lr);
+            let phi =
+                adapt::<B, M, D>(fo.model().valid(), ep, cfg.inner_steps, &sizes, &device).unwrap();
+            let base = params::to_vec(&phi);
+            let q = |p: &[f64]| {
+                let m = params::from_vec(phi.clone(), p).unwrap();
+                evaluate::<B, _, D>(&m, ep, true, &device).unwrap().0
+            };
+            let n = episodes.len() as f64;
+            for (fd, h) in [(&mut fd_a, 1e-6), (&mut fd_b, 2.5e-7)] {
+                for (acc, d) in fd.iter_mut().zip(central(&base, h, &q)) {
+                    *acc += d / n;
+                }
+            }
+        }
+        let smooth: Vec<usize> = (0..g.len())
+            .filter(|&k| (fd_a[k] - fd_b[k]).abs() <= 1e-6 * fd_a[k].abs().max(1e-2))
+            .collect();
+        assert!(
+            smooth.len() * 10 >= g.len() * 8,
+            "{what}: only {} of {} coordinates away from kinks",
+            smooth.len(),
+            g.len()
+        );
+        let gs: Vec<f64> = smooth.iter().map(|&k| g[k]).collect();
+        let fd: Vec<f64> = smooth.iter().map(|&k| fd_a[k]).collect();
+        let e = rel_err(&gs, &fd);
+        assert!(
+            e < 1e-6,
+            "{what}: first-order gradient vs central differences at φ: {e:e}"
+        );
+    }
+    let mlp = MlpConfig::new(vec![1, 8, 8, 1])
+        .init::<Autodiff<B>>(3, &device)
+        .unwrap();
+    let cfg = MamlConfig::new().with_inner_steps(2).with_inner_lr(0.05);
+    check(mlp, &sinusoid_batch(3, 5), cfg, "MLP");
+    let conv = Conv4Config::new(3)
+        .with_filters(2)
+        .with_input_size(16)
+        .init::<Autodiff<B>>(5, &device)
+        .unwrap();
+    let cfg = MamlConfig::new().with_inner_steps(1).with_inner_lr(0.4);
+    check(conv, &random_image_episodes(1, 2), cfg, "Conv4");
+}
+
 /// BOIL's mask (the last layer frozen in the inner loop) under exact second order.
 #[test]
 fn boil_mlp_second_order_matches_finite_differences() {
