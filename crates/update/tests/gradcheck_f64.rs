@@ -158,7 +158,7 @@ fn first_order_gradient_is_the_query_gradient_at_the_adapted_parameters() {
             };
             let n = episodes.len() as f64;
             for (fd, h) in [(&mut fd_a, 1e-6), (&mut fd_b, 2.5e-7)] {
-                for (acc, d) in fd.iter_mut().zip(central(&base, h, &q)) {
+                for (acc, d) in fd.iter_mut().zip(central(&base, h, q)) {
                     *acc += d / n;
                 }
             }
