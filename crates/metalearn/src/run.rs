@@ -431,6 +431,7 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
     let mut learner = with_backend!(exp.backend, B => learner::<B>(&exp))?;
     let run = RunDir::new(dir);
     let validation = load_best(&run, learner.as_mut())?;
+    let iterations = learner.iterations();
     if overrides.transfer {
         learner = with_backend!(exp.backend, B => transfer_learner::<B>(&exp, dir))?;
     }
@@ -452,7 +453,7 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
         .ok_or(metalearn_core::Error::Empty("test curve"))?;
     Ok(EvalReport {
         experiment: exp.title(),
-        iterations: learner.iterations(),
+        iterations,
         validation,
         episodes: exp.eval.episodes,
         ways: exp.eval.ways,
