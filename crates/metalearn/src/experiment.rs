@@ -791,12 +791,18 @@ pub fn load_run_dir(dir: &Path) -> Result<Experiment> {
 
 /// A path key, relative to the experiment file's folder when not absolute, made absolute.
 fn resolve_path(cx: &Ctx<'_>, key: &str, path: &str) -> Result<PathBuf> {
-    let mut p = PathBuf::from(path);
-    if p.is_relative() {
-        let base = Path::new(cx.file).parent().unwrap_or(Path::new(""));
-        p = base.join(p);
-    }
+    let p = relative_to_file(cx, path);
     std::fs::canonicalize(&p).map_err(|e| cx.key(key, format!("{}: {e}", p.display())))
+}
+
+/// `path` joined to the experiment file's folder when relative.
+fn relative_to_file(cx: &Ctx<'_>, path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_relative() {
+        Path::new(cx.file).parent().unwrap_or(Path::new("")).join(p)
+    } else {
+        p
+    }
 }
 
 /// `learner.teacher`: a run directory (relative to the experiment file's folder). When it holds
@@ -813,13 +819,7 @@ fn parse_teacher(cx: &Ctx<'_>, t: &Table, task: &TaskSpec) -> Result<Teacher> {
              models/omniglot/)",
         )
     })?;
-    let mut dir = PathBuf::from(path);
-    if dir.is_relative() {
-        dir = Path::new(cx.file)
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(dir);
-    }
+    let dir = relative_to_file(cx, path);
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     if !metalearn_train::RunDir::new(&dir).best_model().is_file() {
         return Ok(Teacher { dir, model: None });
