@@ -382,7 +382,7 @@ struct LayerParams<Bk: Backend> {
 }
 
 fn apply<Bk: Backend>(op: Op, p: &LayerParams<Bk>, x: Tensor<Bk, 4>) -> Tensor<Bk, 4> {
-    let bn = |x| batch_norm_channel_major(x, p.gamma.clone(), p.beta.clone(), 1e-5);
+    let bn = |x| batch_norm_channel_major(x, Some(p.gamma.clone()), p.beta.clone(), 1e-5);
     match op {
         Op::Conv => p.conv.forward_channel_major(x),
         Op::ConvBurn => p.conv.forward(x),

@@ -57,6 +57,7 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
     for (dir, r) in &models {
         // The recorded setting, then every further one RESULT.json records (`also`).
         for (i, want) in std::iter::once(&r.test).chain(&r.also).enumerate() {
+            let started = std::time::Instant::now();
             let short = eval(
                 dir,
                 EvalOverrides {
@@ -66,6 +67,13 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
                 },
             )
             .unwrap();
+            eprintln!(
+                "{} ({}-way): {:.2}% in {:.1} s",
+                dir.display(),
+                want.ways,
+                100.0 * short.accuracy.unwrap_or(f64::NAN),
+                started.elapsed().as_secs_f64()
+            );
             assert_eq!(
                 (short.ways, short.shots, short.queries),
                 (want.ways, want.shots, want.queries),

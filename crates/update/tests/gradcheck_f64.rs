@@ -449,16 +449,25 @@ fn conv_second_order_burn_conv2d_path_matches_finite_differences() {
 
 /// The task-batched Conv4 (vmap-style: one batched matmul per convolution over the meta-batch,
 /// batch norm with per-task statistics) gives the per-task path's meta-gradient, second and
-/// first order, for one-channel (shifted-slice im2col) and three-channel images.
+/// first order, for one-channel (shifted-slice im2col) and three-channel images, with and
+/// without batch norm's learned scale (without it, `γ`'s meta-gradient is exactly zero on both
+/// paths).
 #[test]
 fn task_batched_conv4_meta_gradient_equals_the_per_task_one() {
     setup();
     let device = Default::default();
-    for (channels, steps, second_order) in [(1, 2, true), (3, 1, true), (1, 1, false)] {
+    for (channels, steps, second_order, bn_scale) in [
+        (1, 2, true, true),
+        (3, 1, true, true),
+        (1, 1, false, true),
+        (1, 2, true, false),
+        (1, 1, false, false),
+    ] {
         let model = Conv4Config::new(3)
             .with_filters(4)
             .with_input_size(16)
             .with_in_channels(channels)
+            .with_bn_scale(bn_scale)
             .init::<Autodiff<B>>(5, &device)
             .unwrap();
         let episodes = random_image_episodes(channels, 3);
@@ -468,13 +477,31 @@ fn task_batched_conv4_meta_gradient_equals_the_per_task_one() {
             .with_second_order(second_order);
         let per_task = Maml::new(cfg.clone(), model.clone(), device).unwrap();
         let g = per_task.meta_gradient_vec(&episodes).unwrap();
-        let batched = BatchedMaml::new(cfg, model, device).unwrap();
+        let batched = BatchedMaml::new(cfg, model.clone(), device).unwrap();
         let gb = batched.meta_gradient_vec(&episodes).unwrap();
         let e = rel_err(&gb, &g);
         assert!(
             e < 1e-9,
-            "{channels} channels, {steps} steps, second order {second_order}: batched vs \
-             per-task relative error {e:e}"
+            "{channels} channels, {steps} steps, second order {second_order}, bn_scale \
+             {bn_scale}: batched vs per-task relative error {e:e}"
+        );
+        // Where the γ coordinates sit in the flattened gradient.
+        let mut offset = 0;
+        let mut gamma_grads = Vec::new();
+        let names = metalearn_core::params::names(&model);
+        for (name, (_, p)) in names.iter().zip(metalearn_core::params::tensors(&model)) {
+            let n = p.dims()[0];
+            if name.ends_with("gamma") {
+                gamma_grads.extend_from_slice(&g[offset..offset + n]);
+                gamma_grads.extend_from_slice(&gb[offset..offset + n]);
+            }
+            offset += n;
+        }
+        assert_eq!(offset, g.len());
+        assert_eq!(
+            gamma_grads.iter().all(|&x| x == 0.0),
+            !bn_scale,
+            "bn_scale {bn_scale}: γ meta-gradients {gamma_grads:?}"
         );
     }
 }

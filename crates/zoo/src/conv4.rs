@@ -46,6 +46,12 @@ pub struct Conv4Config {
     /// How convolutions are computed.
     #[config(default = "ConvPath::Auto")]
     pub conv_path: ConvPath,
+    /// Whether batch norm learns a scale `γ` (PyTorch's `affine=True`, learn2learn's Conv4);
+    /// `false` fixes `γ = 1` as TensorFlow's `batch_norm` does by default (`scale=False`, Finn
+    /// et al.'s reference MAML code). First-order learners need `false`: a learned `γ` grows
+    /// the effective inner step, which a first-order meta-gradient cannot see.
+    #[config(default = true)]
+    pub bn_scale: bool,
 }
 
 impl Conv4Config {
@@ -98,7 +104,12 @@ impl Conv4Config {
                 self.filters
             };
             convs.push(Conv2d::new(&mut r, c_in, self.filters, self.kernel, device));
-            norms.push(BatchNorm2d::new(self.filters, device));
+            let norm = BatchNorm2d::new(self.filters, device);
+            norms.push(if self.bn_scale {
+                norm
+            } else {
+                norm.without_scale()
+            });
         }
         let head = Dense::new(&mut r, self.embedding_dim(), self.ways, device);
         Ok(Conv4 {
@@ -316,10 +327,10 @@ impl<B: Backend> TaskBatchedModule<B, 4> for Conv4<B> {
             let [o, c, k, _] = conv.weight.dims();
             let w = params[2 * b].clone().reshape([t, o, c, k, k]);
             let y = conv2d_tasks(h, w, params[2 * b + 1].clone());
-            let (gamma, beta) = (
-                params[2 * blocks + 2 * b].clone(),
-                params[2 * blocks + 2 * b + 1].clone(),
-            );
+            let gamma = self.norms[b]
+                .scale
+                .then(|| params[2 * blocks + 2 * b].clone());
+            let beta = params[2 * blocks + 2 * b + 1].clone();
             let y = batch_norm_tasks(y, gamma, beta, 1e-5);
             let [_, _, _, hh, ww] = y.dims();
             let pooled = max_pool2x2(y.reshape([t * o, n, hh, ww]));
@@ -381,6 +392,53 @@ mod tests {
             body[..n_body]
         );
         assert!(m20.with_new_head(0, 3).is_err());
+    }
+
+    /// Without a learned scale, batch norm's `γ` takes no part in the forward pass on either
+    /// convolution path (no gradient reaches it), and the output equals the scaled model's at
+    /// `γ = 1`; with `γ ≠ 1` the two differ.
+    #[test]
+    fn batch_norm_without_scale_ignores_gamma() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<B>;
+        let d = Default::default();
+        let x = || {
+            let v: Vec<f32> = (0..3 * 12 * 12)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
+                .collect();
+            Tensor::<A, 4>::from_data(TensorData::new(v, [3, 1, 12, 12]), &d)
+        };
+        for path in [ConvPath::ChannelMajor, ConvPath::Burn] {
+            let cfg = Conv4Config::new(2)
+                .with_input_size(12)
+                .with_filters(4)
+                .with_blocks(2)
+                .with_conv_path(path);
+            let scaled = cfg.init::<A>(3, &d).unwrap();
+            let plain = cfg.clone().with_bn_scale(false).init::<A>(3, &d).unwrap();
+            assert!(plain.norms.iter().all(|n| !n.scale));
+            let same = scaled.forward(x()).into_data();
+            plain
+                .forward(x())
+                .into_data()
+                .assert_approx_eq::<f32>(&same, Default::default());
+            let grads = plain.forward(x()).sum().backward();
+            for norm in &plain.norms {
+                assert!(norm.gamma.val().grad(&grads).is_none(), "{path:?}");
+                assert!(norm.beta.val().grad(&grads).is_some(), "{path:?}");
+            }
+            // γ ≠ 1 changes the scaled model and not the unscaled one.
+            let bump = |m: Conv4<A>| {
+                let mut m = m;
+                m.norms[0].gamma = burn::module::Param::from_tensor(Tensor::from_inner(
+                    m.norms[0].gamma.val().inner().mul_scalar(3.0),
+                ));
+                m.forward(x()).into_data()
+            };
+            let plain_out = plain.forward(x()).into_data();
+            bump(plain).assert_approx_eq::<f32>(&plain_out, Default::default());
+            assert_ne!(bump(scaled), same, "{path:?}");
+        }
     }
 
     /// The channel-major im2col path and burn's `conv2d` path compute the same function, with

@@ -332,10 +332,11 @@ pub fn conv2d_tasks<B: Backend>(
 }
 
 /// [`batch_norm_channel_major`] for `T` tasks at once: `x: [T, C, N, H, W]`, per-task
-/// `gamma`, `beta: [T, C]`; each task is normalised with its own batch statistics.
+/// `gamma` (`None`: no scale, as `γ = 1`), `beta: [T, C]`; each task is normalised with its own
+/// batch statistics.
 pub fn batch_norm_tasks<B: Backend>(
     x: Tensor<B, 5>,
-    gamma: Tensor<B, 2>,
+    gamma: Option<Tensor<B, 2>>,
     beta: Tensor<B, 2>,
     eps: f64,
 ) -> Tensor<B, 5> {
@@ -348,7 +349,11 @@ pub fn batch_norm_tasks<B: Backend>(
     let var = (centered.clone() * centered.clone())
         .sum_dim(2)
         .mul_scalar(inv_count);
-    let scale = var.add_scalar(eps).sqrt().recip() * gamma.reshape([t, c, 1]);
+    let inv_std = var.add_scalar(eps).sqrt().recip();
+    let scale = match gamma {
+        Some(gamma) => inv_std * gamma.reshape([t, c, 1]),
+        None => inv_std,
+    };
     (centered * scale + beta.reshape([t, c, 1])).reshape([t, c, n, h, w])
 }
 
@@ -370,7 +375,7 @@ pub fn conv2d_channels_last<B: Backend>(
 /// reductions over contiguous rows and scale and shift broadcast as `[C, 1]` columns.
 pub fn batch_norm_channel_major<B: Backend>(
     x: Tensor<B, 4>,
-    gamma: Tensor<B, 1>,
+    gamma: Option<Tensor<B, 1>>,
     beta: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, 4> {
@@ -378,7 +383,7 @@ pub fn batch_norm_channel_major<B: Backend>(
     // One task: the same reductions over the same contiguous rows.
     batch_norm_tasks(
         x.reshape([1, c, n, h, w]),
-        gamma.reshape([1, c]),
+        gamma.map(|g| g.reshape([1, c])),
         beta.reshape([1, c]),
         eps,
     )
@@ -387,40 +392,62 @@ pub fn batch_norm_channel_major<B: Backend>(
 
 /// Batch norm with learned scale and shift and no running statistics: always normalises with
 /// the current batch's statistics (the transductive setting of Finn et al. 2017).
+///
+/// [`without_scale`](Self::without_scale) fixes `γ = 1` (TensorFlow's `batch_norm` default,
+/// `scale=False`, which Finn et al.'s reference code uses): `gamma` stays in the record but
+/// takes no part in the forward pass, so no gradient, inner or outer, ever moves it.
 #[derive(Module, Debug)]
 pub struct BatchNorm2d<B: Backend> {
     /// Scale `γ`, `[C]`.
     pub gamma: Param<Tensor<B, 1>>,
     /// Shift `β`, `[C]`.
     pub beta: Param<Tensor<B, 1>>,
+    /// Whether `γ` is applied (and so learned); `false`: the output is not scaled.
+    #[module(skip)]
+    pub scale: bool,
 }
 
 impl<B: Backend> BatchNorm2d<B> {
-    /// `γ = 1`, `β = 0`.
+    /// `γ = 1`, `β = 0`, with a learned scale.
     pub fn new(channels: usize, device: &B::Device) -> Self {
         Self {
             gamma: constant([channels], 1.0, device),
             beta: constant([channels], 0.0, device),
+            scale: true,
         }
+    }
+
+    /// The same layer with `γ` fixed at 1 (no learned scale).
+    pub fn without_scale(self) -> Self {
+        Self {
+            scale: false,
+            ..self
+        }
+    }
+
+    /// `γ`, or `None` when the layer has no learned scale.
+    pub fn applied_gamma(&self) -> Option<Tensor<B, 1>> {
+        self.scale.then(|| self.gamma.val())
     }
 
     /// Normalise `x: [n, c, h, w]` with batch statistics.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        batch_norm_train(x, self.gamma.val(), self.beta.val(), 1e-5)
+        batch_norm_train(x, self.applied_gamma(), self.beta.val(), 1e-5)
     }
 
     /// Normalise channel-major `x: [c, n, h, w]` with batch statistics.
     pub fn forward_channel_major(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        batch_norm_channel_major(x, self.gamma.val(), self.beta.val(), 1e-5)
+        batch_norm_channel_major(x, self.applied_gamma(), self.beta.val(), 1e-5)
     }
 }
 
-/// `γ · (x − μ) / √(σ² + ε) + β` with per-channel batch mean `μ` and (biased) variance `σ²`.
+/// `γ · (x − μ) / √(σ² + ε) + β` with per-channel batch mean `μ` and (biased) variance `σ²`
+/// (`gamma = None`: `γ = 1`, not multiplied).
 ///
 /// Per-channel tensors are repeated to `[N, C, 1, 1]` before broadcasting over `H, W`.
 pub fn batch_norm_train<B: Backend>(
     x: Tensor<B, 4>,
-    gamma: Tensor<B, 1>,
+    gamma: Option<Tensor<B, 1>>,
     beta: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, 4> {
@@ -433,7 +460,12 @@ pub fn batch_norm_train<B: Backend>(
     let mean = per_channel(x.clone()).repeat_dim(0, n);
     let centered = x - mean;
     let var = per_channel(centered.clone() * centered.clone());
-    let scale = (var.add_scalar(eps).sqrt().recip() * gamma.reshape([1, c, 1, 1])).repeat_dim(0, n);
+    let inv_std = var.add_scalar(eps).sqrt().recip();
+    let scale = match gamma {
+        Some(gamma) => inv_std * gamma.reshape([1, c, 1, 1]),
+        None => inv_std,
+    }
+    .repeat_dim(0, n);
     let shift = beta.reshape([1, c, 1, 1]).repeat_dim(0, n);
     centered * scale + shift
 }
