@@ -1188,12 +1188,45 @@ pub const LEARNERS: [&str; 10] = [
     "distill",
 ];
 
+/// Learner kinds that need class labels (prototypes, a classifier head, soft targets).
+const CLASSIFICATION_ONLY: [&str; 3] = ["protonet", "finetune", "distill"];
+
+/// `[learner]` overlaid on `base` (keys in `consumed` read elsewhere), then `validate`d: every
+/// error names its `learner.*` key.
+fn learner_config<C: Serialize + DeserializeOwned>(
+    cx: &Ctx<'_>,
+    t: &Table,
+    base: &C,
+    consumed: &[&str],
+    validate: impl Fn(&C) -> metalearn_core::Result<()>,
+) -> Result<(C, Table)> {
+    let (c, table) = cx.overlay("learner", base, Some(t), consumed)?;
+    cx.checked("learner", validate(&c))?;
+    Ok((c, table))
+}
+
+/// `learner.<key>`, a count of at least 1 (`default` when absent), also written into `table`
+/// (what the run directory's copy of the experiment records).
+fn count_key(
+    cx: &Ctx<'_>,
+    t: &Table,
+    table: &mut Table,
+    key: &str,
+    default: usize,
+) -> Result<usize> {
+    let n = usize_key(cx, t, "learner", key, Some(default))?;
+    if n == 0 {
+        return Err(cx.key(format!("learner.{key}"), "must be at least 1"));
+    }
+    table.insert(key.into(), Value::Integer(n as i64));
+    Ok(n)
+}
+
 fn parse_learner(
     cx: &Ctx<'_>,
     t: Option<&Table>,
     task: &TaskSpec,
 ) -> Result<(LearnerSpec, String, Table)> {
-    let classification = task.is_classification();
     let empty = Table::new();
     let t = t.unwrap_or(&empty);
     let kind = cx.string(t, "learner", "kind")?.ok_or_else(|| {
@@ -1202,6 +1235,12 @@ fn parse_learner(
             format!("missing (one of: {})", LEARNERS.join(", ")),
         )
     })?;
+    if CLASSIFICATION_ONLY.contains(&kind) && !task.is_classification() {
+        return Err(cx.key(
+            "learner.kind",
+            format!("{kind} needs a classification task"),
+        ));
+    }
     let (spec, mut table) = match kind {
         "maml" | "fomaml" | "anil" | "boil" | "meta_sgd" => {
             let base = match kind {
@@ -1210,8 +1249,7 @@ fn parse_learner(
                 "boil" => MamlConfig::boil(),
                 _ => MamlConfig::new(),
             };
-            let (c, table): (MamlConfig, _) = cx.overlay("learner", &base, Some(t), &["kind"])?;
-            cx.checked("learner", c.validate())?;
+            let (c, table) = learner_config(cx, t, &base, &["kind"], MamlConfig::validate)?;
             let spec = if kind == "meta_sgd" {
                 LearnerSpec::MetaSgd(c)
             } else {
@@ -1220,64 +1258,33 @@ fn parse_learner(
             (spec, table)
         }
         "maml_pp" => {
-            let (c, table): (MamlPlusPlusConfig, _) =
-                cx.overlay("learner", &MamlPlusPlusConfig::new(), Some(t), &["kind"])?;
-            cx.checked("learner", c.validate())?;
+            let base = MamlPlusPlusConfig::new();
+            let (c, table) = learner_config(cx, t, &base, &["kind"], MamlPlusPlusConfig::validate)?;
             (LearnerSpec::MamlPlusPlus(c), table)
         }
         "reptile" => {
-            let (c, table): (ReptileConfig, _) =
-                cx.overlay("learner", &ReptileConfig::new(), Some(t), &["kind"])?;
-            cx.checked("learner", c.validate())?;
+            let base = ReptileConfig::new();
+            let (c, table) = learner_config(cx, t, &base, &["kind"], ReptileConfig::validate)?;
             (LearnerSpec::Reptile(c), table)
         }
         "protonet" => {
-            if !classification {
-                return Err(cx.key("learner.kind", "protonet needs a classification task"));
-            }
-            let (c, table): (ProtoNetConfig, _) =
-                cx.overlay("learner", &ProtoNetConfig::new(), Some(t), &["kind"])?;
-            cx.checked("learner", c.validate())?;
+            let base = ProtoNetConfig::new();
+            let (c, table) = learner_config(cx, t, &base, &["kind"], ProtoNetConfig::validate)?;
             (LearnerSpec::ProtoNet(c), table)
         }
         "finetune" => {
-            if !classification {
-                return Err(cx.key("learner.kind", "finetune needs a classification task"));
-            }
-            let batch = usize_key(cx, t, "learner", "batch", Some(64))?;
-            if batch == 0 {
-                return Err(cx.key("learner.batch", "must be at least 1"));
-            }
-            let (c, mut table): (FineTuneConfig, _) = cx.overlay(
-                "learner",
-                &FineTuneConfig::new(),
-                Some(t),
-                &["kind", "batch"],
-            )?;
-            cx.checked("learner", c.validate())?;
-            table.insert("batch".into(), Value::Integer(batch as i64));
+            let consumed = ["kind", "batch"];
+            let base = FineTuneConfig::new();
+            let (c, mut table) = learner_config(cx, t, &base, &consumed, FineTuneConfig::validate)?;
+            let batch = count_key(cx, t, &mut table, "batch", 64)?;
             (LearnerSpec::FineTune { config: c, batch }, table)
         }
         "distill" => {
-            if !classification {
-                return Err(cx.key("learner.kind", "distill needs a classification task"));
-            }
-            let meta_batch_size = usize_key(cx, t, "learner", "meta_batch_size", Some(1))?;
-            if meta_batch_size == 0 {
-                return Err(cx.key("learner.meta_batch_size", "must be at least 1"));
-            }
+            let consumed = ["kind", "teacher", "meta_batch_size"];
             let teacher = parse_teacher(cx, t, task)?;
-            let (c, mut table): (DistillConfig, _) = cx.overlay(
-                "learner",
-                &DistillConfig::new(),
-                Some(t),
-                &["kind", "teacher", "meta_batch_size"],
-            )?;
-            cx.checked("learner", c.validate())?;
-            table.insert(
-                "meta_batch_size".into(),
-                Value::Integer(meta_batch_size as i64),
-            );
+            let base = DistillConfig::new();
+            let (c, mut table) = learner_config(cx, t, &base, &consumed, DistillConfig::validate)?;
+            let meta_batch_size = count_key(cx, t, &mut table, "meta_batch_size", 1)?;
             let dir_text = teacher.dir.to_str().ok_or_else(|| {
                 cx.key(
                     "learner.teacher",
