@@ -95,11 +95,22 @@ pub fn flatten<B: Backend, M: Module<B>>(module: &M) -> Option<Tensor<B, 1>> {
 }
 
 /// All parameters as host `f64`s (visiting order).
+///
+/// Reads each parameter's data as it is, recording no operation: on an autodiff backend an op
+/// on a tracked parameter that never takes part in a backward pass (an unused head, a batch
+/// norm without scale) stays in burn-autodiff's graph registry for as long as the parameter
+/// lives, and every later `backward()` scans that registry — read once per meta-iteration
+/// (the divergence check), such ops made training slow down without bound.
 pub fn to_vec<B: Backend, M: Module<B>>(module: &M) -> Vec<f64> {
-    tensors(module)
-        .into_iter()
-        .flat_map(|(_, t)| t.into_data().iter::<f64>().collect::<Vec<_>>())
-        .collect()
+    struct Read(Vec<f64>);
+    impl<B: Backend> ModuleVisitor<B> for Read {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.extend(p.val().into_data().iter::<f64>());
+        }
+    }
+    let mut r = Read(Vec::new());
+    module.visit(&mut r);
+    r.0
 }
 
 /// A module of the same architecture whose parameters are `values` (visiting order), the inverse
