@@ -24,7 +24,7 @@
 //!    inside the `impl MetaLearner<D>` block: it writes `adapt`, `adaptation_curve`, `evaluate`
 //!    and `predict` — the same code our learners run.
 //!
-//! `crates/update/tests/own_learner.rs` writes MAML this way outside the crate (its parameters
+//! `crates/update/tests/it/own_learner.rs` writes MAML this way outside the crate (its parameters
 //! after seeded meta-steps equal [`Maml`](crate::Maml)'s bit for bit) and a learner of its own
 //! with a custom inner rule; docs/ARCHITECTURE.md, "How to add a learner", says which files a
 //! learner inside the crates touches.
@@ -253,7 +253,7 @@ pub(crate) use impl_inner_adapt;
 /// }
 /// ```
 ///
-/// (`crates/update/tests/own_learner.rs` does it from outside the crate.)
+/// (`crates/update/tests/it/own_learner.rs` does it from outside the crate.)
 #[macro_export]
 macro_rules! adaptation_methods {
     ($B:ident, $M:ident, $D:ident) => {

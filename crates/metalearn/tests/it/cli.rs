@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use toml::{Table, Value};
 
-mod common;
-use common::{kill_when, spawn, temp};
+use crate::common;
+use crate::common::{kill_when, spawn, temp};
 
 fn experiments() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments")

@@ -370,7 +370,7 @@ fn omniglot_real_data_pretrain_finetune_learns() {
 /// 0.32 → 0.48, MAML 0.32 → 0.63, ANIL 0.35 → 0.55, Meta-SGD 0.29 → 0.59, fine-tune
 /// 0.34 → 0.55, ProtoNet 0.35 → 0.65, Reptile 0.29 → 0.59). Run them on a machine with a GPU:
 /// `cargo test -p metalearn-update --all-features --test omniglot_learners -- --ignored`.
-/// CI checks the GPU path with `tests/wgpu.rs` (every learner's meta-step and an 8-step
+/// CI checks the GPU path with `tests/it/wgpu.rs` (every learner's meta-step and an 8-step
 /// training run against burn-ndarray).
 #[cfg(feature = "wgpu")]
 mod wgpu {

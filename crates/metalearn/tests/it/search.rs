@@ -8,8 +8,8 @@ use metalearn::search_file::SearchFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::{kill_when, spawn};
+use crate::common;
+use crate::common::{kill_when, spawn};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/search/conv4-evolution.toml")

@@ -298,7 +298,7 @@ fn a_search_killed_with_sigkill_resumes_bit_for_bit() {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "kill_child_helper",
+                "bad_input::kill_child_helper", // its name in the `it` test binary
                 "--nocapture",
                 "--test-threads=1",
             ])
