@@ -1,6 +1,10 @@
 //! Every learner's checkpoint holds its whole training state: a learner restored from the
 //! state (written to bytes and read back) has the same parameters and iteration count, and its
 //! next meta-step gives the same parameters as the original's.
+//!
+//! A test binary of its own: with other tests running in the same process the bit-for-bit
+//! comparison of the next step fails (an open bug; docs/ARCHITECTURE.md, "Known
+//! non-determinism").
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 
