@@ -562,16 +562,14 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
     assert_eq!(best_ref, best_res, "best models differ");
 
     // eval re-measures the same number twice, as text and JSON.
-    let out = Command::new(env!("CARGO_BIN_EXE_metalearn"))
-        .args(["eval", "--episodes", "20", "--json", "--run-dir"])
-        .arg(&killed)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok([
+        "eval".as_ref(),
+        "--episodes".as_ref(),
+        "20".as_ref(),
+        "--json".as_ref(),
+        "--run-dir".as_ref(),
+        killed.as_os_str(),
+    ]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let r = eval(
         &killed,
