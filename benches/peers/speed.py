@@ -14,8 +14,12 @@ rates and synthetic data (standard-normal 28x28 images, 5-way 1-shot, 15 queries
   torch.func vmap and learn2learn.
 - layers/block{1..4}/{conv,bn,pool,relu,block}_{fwd,fwd_bwd}: one block's layers on 80 images.
 
-Prints one JSON line per workload and variant: workload, system, threads, times_ms, load.
-Usage: python speed.py --threads T [--warmup W] [--iters N] [--quick]
+With `--device cuda` every workload runs on the GPU (data made on the CPU from the same
+generator, then moved) and each timed run ends with `torch.cuda.synchronize()`; `auto` picks
+CUDA when torch sees a GPU. metalearn's side passes `cuda` for its GPU backend (wgpu).
+
+Prints one JSON line per workload and variant: workload, system, threads, device, times_ms, load.
+Usage: python speed.py --threads T [--warmup W] [--iters N] [--quick] [--device cpu|cuda|auto]
 """
 import argparse
 import json
@@ -40,7 +44,21 @@ ap.add_argument("--threads", type=int, required=True)
 ap.add_argument("--warmup", type=int, default=2)
 ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--quick", action="store_true")
+ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
 args = ap.parse_args()
+if args.device == "auto":
+    args.device = "cuda" if torch.cuda.is_available() else "cpu"
+DEV = torch.device(args.device)
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def on(t, requires_grad=False):
+    """A tensor made on the CPU (same numbers on every device), moved to the workload's device."""
+    return t.to(DEV).requires_grad_(requires_grad)
 torch.set_num_threads(args.threads)
 try:
     torch.set_num_interop_threads(1)
@@ -58,15 +76,17 @@ def emit(workload, system, fn, gflop=None):
     for _ in range(args.warmup):
         t = time.perf_counter()
         fn()
+        sync()
         slow |= time.perf_counter() - t > 2.0
     times = []
     # Multi-second workloads (meta-batch 32) get fewer timed runs, as in speed.rs.
     for _ in range(min(args.iters, 3) if slow else args.iters):
         t = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t) * 1e3)
     print(json.dumps({"workload": workload, "system": system, "threads": args.threads,
-                      "times_ms": times, "load": [l0, loadavg()], "gflop": gflop}), flush=True)
+                      "device": args.device, "times_ms": times, "load": [l0, loadavg()], "gflop": gflop}), flush=True)
 
 
 def block(cin, cout=64):
@@ -90,7 +110,7 @@ def episodes(n, gen):
     xq = torch.randn(n, WAYS * QUERY, 1, SIZE, SIZE, generator=gen)
     ys = torch.arange(WAYS).expand(n, -1).contiguous()
     yq = torch.arange(WAYS).repeat_interleave(QUERY).expand(n, -1).contiguous()
-    return xs, ys, xq, yq
+    return on(xs), on(ys), on(xq), on(yq)
 
 
 def l2l_step(maml, opt, batch, loss_fn):
@@ -126,8 +146,8 @@ torch.manual_seed(0)
 gen = torch.Generator().manual_seed(7)
 
 # Conv4 forward + backward, forward only.
-model = Conv4()
-x = torch.randn(80, 1, SIZE, SIZE, generator=gen)
+model = Conv4().to(DEV)
+x = on(torch.randn(80, 1, SIZE, SIZE, generator=gen))
 total = sum(conv_flops(80, 1 if b == 0 else 64, 64, SIZE >> b) * (2 if b == 0 else 3) for b in range(4))
 
 
@@ -152,19 +172,19 @@ for mb in ([4] if args.quick else [4, 32]):
     for first_order in (False, True):
         order = "fomaml" if first_order else "maml2"
         if l2l is not None:
-            net = Conv4()
+            net = Conv4().to(DEV)
             maml = l2l.algorithms.MAML(net, lr=0.4, first_order=first_order)
             opt = torch.optim.Adam(maml.parameters(), lr=0.003)
             emit(f"conv4_5w1s/{order}_mb{mb}", "torch/learn2learn",
                  lambda: l2l_step(maml, opt, batch, F.cross_entropy))
         if mb <= 4:  # the functional loop tracks learn2learn; meta-batch 4 shows it
-            net2 = Conv4()
+            net2 = Conv4().to(DEV)
             opt2 = torch.optim.Adam(net2.parameters(), lr=0.003)
             emit(f"conv4_5w1s/{order}_mb{mb}", "torch/func_loop",
                  lambda: func_loop_step(net2, opt2, batch, F.cross_entropy, 0.4, first_order))
 
 # ProtoNet episode.
-body = Conv4(head=False)
+body = Conv4(head=False).to(DEV)
 popt = torch.optim.Adam(body.parameters(), lr=0.001)
 xs, ys, xq, yq = episodes(1, gen)
 
@@ -194,10 +214,10 @@ amp = torch.empty(25, 1, 1).uniform_(0.1, 5.0, generator=gen)
 phase = torch.empty(25, 1, 1).uniform_(0.0, math.pi, generator=gen)
 sx = torch.empty(25, 10, 1).uniform_(-5.0, 5.0, generator=gen)
 qx = torch.empty(25, 10, 1).uniform_(-5.0, 5.0, generator=gen)
-sin_batch = (sx, amp * torch.sin(sx - phase), qx, amp * torch.sin(qx - phase))
+sin_batch = tuple(on(t) for t in (sx, amp * torch.sin(sx - phase), qx, amp * torch.sin(qx - phase)))
 for first_order in (False, True):
     order = "fomaml" if first_order else "maml2"
-    mlp = SineMLP()
+    mlp = SineMLP().to(DEV)
     params = dict(mlp.named_parameters())
     vopt = torch.optim.Adam(params.values(), lr=0.001)
 
@@ -221,7 +241,7 @@ for first_order in (False, True):
 
     emit(f"sinusoid/{order}_mb25", "torch/vmap", vstep)
     if l2l is not None:
-        smaml = l2l.algorithms.MAML(SineMLP(), lr=0.01, first_order=first_order)
+        smaml = l2l.algorithms.MAML(SineMLP().to(DEV), lr=0.01, first_order=first_order)
         sopt = torch.optim.Adam(smaml.parameters(), lr=0.001)
         emit(f"sinusoid/{order}_mb25", "torch/learn2learn",
              lambda smaml=smaml, sopt=sopt: l2l_step(smaml, sopt, sin_batch, F.mse_loss))
@@ -232,11 +252,11 @@ for b in range(4):
     conv, bn, relu, pool = model.features[b][0], model.features[b][1], model.features[b][2], model.features[b][3]
     flops = conv_flops(80, cin, 64, s) / 1e9
     ops = {
-        "conv": (lambda t: conv(t), torch.randn(80, cin, s, s, requires_grad=b > 0), flops),
-        "bn": (lambda t: bn(t), torch.randn(80, 64, s, s, requires_grad=True), None),
-        "pool": (lambda t: pool(t), torch.randn(80, 64, s, s, requires_grad=True), None),
-        "relu": (lambda t: relu(t), torch.randn(80, 64, s // 2, s // 2, requires_grad=True), None),
-        "block": (lambda t: pool(relu(bn(conv(t)))), torch.randn(80, cin, s, s, requires_grad=b > 0), flops),
+        "conv": (lambda t: conv(t), on(torch.randn(80, cin, s, s), b > 0), flops),
+        "bn": (lambda t: bn(t), on(torch.randn(80, 64, s, s), True), None),
+        "pool": (lambda t: pool(t), on(torch.randn(80, 64, s, s), True), None),
+        "relu": (lambda t: relu(t), on(torch.randn(80, 64, s // 2, s // 2), True), None),
+        "block": (lambda t: pool(relu(bn(conv(t)))), on(torch.randn(80, cin, s, s), b > 0), flops),
     }
     for name, (f, inp, fl) in ops.items():
         with torch.no_grad():

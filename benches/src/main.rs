@@ -88,6 +88,10 @@ pub struct Args {
     /// interleaved with our workloads, and reports ours / theirs.
     #[arg(long)]
     pub peers: Option<PathBuf>,
+    /// Speed suite: the device PyTorch runs on with `--peers` (cpu, cuda or auto); default: cuda
+    /// for the GPU backend (wgpu), cpu otherwise, so both sides use the same kind of hardware.
+    #[arg(long, value_parser = ["cpu", "cuda", "auto"])]
+    pub peers_device: Option<String>,
     /// Speed suite: only the workloads whose name contains this (e.g. `layers/block2`).
     #[arg(long)]
     pub only: Option<String>,

@@ -45,6 +45,9 @@ pub struct Timing {
     pub system: String,
     /// Threads.
     pub threads: usize,
+    /// PyTorch's device (`cpu` or `cuda`); absent for ours (the report names our backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Wall times of the timed runs, ms.
     pub times_ms: Vec<f64>,
     /// 1-minute load average before and after.
@@ -73,6 +76,10 @@ struct Results {
     cpu: String,
     peak_gflops_per_core: f64,
     gemm_gflops: BTreeMap<usize, f64>,
+    /// PyTorch's device when `--peers` ran.
+    peers_device: Option<String>,
+    /// A GPU backend: the CPU's FLOP peak does not apply (the report leaves the share out).
+    gpu: bool,
     timings: Vec<Timing>,
 }
 
@@ -476,6 +483,7 @@ fn layer_workloads<'a, B: Backend>(out: &mut Vec<Workload<'a>>) -> Result<()> {
 /// The PyTorch side: `benches/peers/speed.py`, one process per thread count and round.
 fn run_peers(
     python: &Path,
+    device: &str,
     threads: usize,
     warmup: usize,
     iters: usize,
@@ -485,6 +493,7 @@ fn run_peers(
     let mut cmd = Command::new(python);
     cmd.arg(&script)
         .args(["--threads", &threads.to_string()])
+        .args(["--device", device])
         .args(["--warmup", &warmup.to_string()])
         .args(["--iters", &iters.to_string()]);
     if quick {
@@ -534,6 +543,13 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         None => vec![1, 2],
     };
     let rounds = if args.quick { 1 } else { 2 };
+    let peers_device = args.peers_device.clone().unwrap_or_else(|| {
+        match args.backend {
+            metalearn_core::backend::BackendKind::Wgpu => "cuda",
+            _ => "cpu",
+        }
+        .to_string()
+    });
     let (warmup, iters) = if args.quick { (1, 3) } else { (2, 5) };
     let seed = SeedStream::new(args.seed).named("speed");
     let mut batches = BTreeMap::new();
@@ -575,11 +591,16 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         for round in 0..rounds {
             for w in work.iter_mut() {
                 pb.set_message(w.name.clone());
-                let (times_ms, load) = time(threads, warmup, iters, &mut w.work)?;
+                // Every timed run ends when the device is done (GPU backends queue work).
+                let (times_ms, load) = time(threads, warmup, iters, || {
+                    (w.work)()?;
+                    B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))
+                })?;
                 timings.push(Timing {
                     workload: w.name.clone(),
                     system: "metalearn".into(),
                     threads,
+                    device: None,
                     times_ms,
                     load,
                     gflop: w.gflop,
@@ -588,7 +609,14 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
             }
             if let Some(python) = &args.peers {
                 pb.set_message(format!("PyTorch, round {}", round + 1));
-                timings.extend(run_peers(python, threads, warmup, iters, args.quick)?);
+                timings.extend(run_peers(
+                    python,
+                    &peers_device,
+                    threads,
+                    warmup,
+                    iters,
+                    args.quick,
+                )?);
             }
         }
         pb.finish_and_clear();
@@ -601,9 +629,11 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
         cpu: cpu.clone(),
         peak_gflops_per_core: peak,
         gemm_gflops: gemm,
+        peers_device: args.peers.as_ref().map(|_| peers_device.clone()),
+        gpu: matches!(args.backend, metalearn_core::backend::BackendKind::Wgpu),
         timings,
     };
-    crate::finish(dir, &results, report(&results, args.peers.is_some()))
+    crate::finish(dir, &results, report(&results))
 }
 
 /// The PyTorch variant each workload is compared with (the issue's reference points).
@@ -617,15 +647,20 @@ fn reference(workload: &str) -> &'static [&'static str] {
     }
 }
 
-fn report(r: &Results, peers: bool) -> String {
+fn report(r: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Speed suite ({})\n", r.backend);
     let _ = writeln!(
         md,
-        "CPU: {} — nominal f32 peak {:.0} GFLOP/s per core (clock × FMA width × 2 units × 2); \
+        "CPU: {} — nominal f32 peak {:.0} GFLOP/s per core (clock × FMA width × 2 units × 2{}); \
          achieved 1024³ GEMM on this backend: {}.\n",
         r.cpu,
         r.peak_gflops_per_core,
+        if r.gpu {
+            "; a GPU backend: the GFLOP/s columns leave the CPU share out"
+        } else {
+            ""
+        },
         r.gemm_gflops
             .iter()
             .map(|(t, g)| format!("{g:.0} GFLOP/s at {t} thread(s)"))
@@ -637,10 +672,14 @@ fn report(r: &Results, peers: bool) -> String {
         "Median ms (min–max) over {} run(s) per cell; load = 1-minute load average before → \
          after. {}\n",
         r.timings.first().map_or(0, |t| t.times_ms.len()),
-        if peers {
-            "PyTorch ran in the same time window, interleaved with ours (A B A B); ratio = ours / theirs."
-        } else {
-            "Run with `--peers PYTHON` (a Python with torch and learn2learn) for the PyTorch columns."
+        match &r.peers_device {
+            Some(d) => format!(
+                "PyTorch (device `{d}`) ran in the same time window, interleaved with ours \
+                 (A B A B); ratio = ours / theirs."
+            ),
+            None => "Run with `--peers PYTHON` (a Python with torch and learn2learn) for the \
+                     PyTorch columns."
+                .to_string(),
         }
     );
     let ours: Vec<&Timing> = r
@@ -654,15 +693,21 @@ fn report(r: &Results, peers: bool) -> String {
             .find(|t| t.workload == w && t.system == sys && t.threads == threads)
     };
     let cell = |t: &Timing| format!("{:.1} ({:.1}–{:.1})", t.median(), t.min(), t.max());
+    // GFLOP/s, with the share of one CPU core's peak on CPU backends.
+    let rate = |g: f64, t: &Timing| {
+        let rate = g / (t.median() / 1e3);
+        if r.gpu {
+            format!("{rate:.1}")
+        } else {
+            format!("{rate:.1} ({:.0}%)", 100.0 * rate / r.peak_gflops_per_core)
+        }
+    };
     let _ = writeln!(
         md,
         "## Workloads\n\n| workload | threads | metalearn ms | GFLOP/s (% of 1-core peak) | PyTorch ms | ours / theirs | load |\n|---|---|---|---|---|---|---|"
     );
     for t in ours.iter().filter(|t| !t.workload.starts_with("layers/")) {
-        let flops = t.gflop.map_or("—".into(), |g| {
-            let rate = g / (t.median() / 1e3);
-            format!("{rate:.1} ({:.0}%)", 100.0 * rate / r.peak_gflops_per_core)
-        });
+        let flops = t.gflop.map_or("—".into(), |g| rate(g, t));
         let peer_name = t
             .workload
             .trim_end_matches("/task_batched")
@@ -710,10 +755,7 @@ fn report(r: &Results, peers: bool) -> String {
         "\n## Per layer (80 images, channel-major unless named)\n\n| layer | threads | metalearn ms | GFLOP/s (% peak) | PyTorch ms | ours / theirs |\n|---|---|---|---|---|---|"
     );
     for t in ours.iter().filter(|t| t.workload.starts_with("layers/")) {
-        let flops = t.gflop.map_or("—".into(), |g| {
-            let rate = g / (t.median() / 1e3);
-            format!("{rate:.1} ({:.0}%)", 100.0 * rate / r.peak_gflops_per_core)
-        });
+        let flops = t.gflop.map_or("—".into(), |g| rate(g, t));
         let peer_name = t.workload.replace("conv_burn_conv2d", "conv");
         let (theirs, ratio) = find(&peer_name, "torch", t.threads)
             .map_or(("—".into(), "—".into()), |p| {
