@@ -15,6 +15,7 @@ use clap::Parser;
 use metalearn_core::backend::BackendKind;
 use std::path::PathBuf;
 
+/// mimalloc, with freed memory kept mapped by `main` (`metalearn_train::allocator`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -109,6 +110,7 @@ pub struct Args {
 }
 
 fn main() -> Result<()> {
+    metalearn_train::allocator::keep_freed_memory_mapped();
     let args = Args::parse();
     let suites: Vec<&str> = match args.suite.as_str() {
         "all" => vec![

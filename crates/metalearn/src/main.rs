@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's malloc: the activations of a meta-iteration are freed and
-/// reallocated every step, and glibc returns them to the kernel, paying page faults each time.
+/// reallocated every step, and glibc returns them to the kernel, paying page faults each time
+/// (mimalloc too, after a delay, unless `main` keeps freed memory mapped: see
+/// [`metalearn::train::allocator`]).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -271,6 +273,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> metalearn::Result<String> {
 }
 
 fn main() -> ExitCode {
+    metalearn::train::allocator::keep_freed_memory_mapped();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -46,6 +46,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod allocator;
 mod error;
 pub mod files;
 pub mod metrics;
