@@ -685,7 +685,8 @@ pub fn ship(
     also_ways: &[usize],
 ) -> Result<ShippedResult> {
     let exp = load_run_dir(run)?;
-    let test = eval(run, EvalOverrides::default())?;
+    // The further settings first: one the model cannot do (a fixed 5-way head asked for 20
+    // ways) fails in seconds, not after the full test.
     let also = also_ways
         .iter()
         .map(|&w| {
@@ -698,6 +699,7 @@ pub fn ship(
             )
         })
         .collect::<Result<Vec<_>>>()?;
+    let test = eval(run, EvalOverrides::default())?;
     let records = metalearn_train::metrics::read(&RunDir::new(run).metrics())?;
     let mut times = Vec::new();
     let (mut training_seconds, mut seconds_to_model, mut iterations_trained) = (0.0f64, 0.0f64, 0);

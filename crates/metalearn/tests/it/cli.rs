@@ -142,6 +142,17 @@ fn every_experiment_file_parses_round_trips_and_runs() {
             );
             std::fs::remove_dir_all(&by_hand).unwrap();
         }
+        if omniglot && kind == "maml" {
+            // A fixed 5-way head cannot be measured at 20 ways: a typed error naming it, before
+            // the full test runs, and nothing shipped.
+            let to = temp("maml-also-20");
+            let e = metalearn::run::ship(&dir, &to, None, &[20])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("20-way"), "{e}");
+            assert!(!to.join("RESULT.json").exists());
+            let _ = std::fs::remove_dir_all(&to);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
     std::fs::remove_dir_all(&images).unwrap();
