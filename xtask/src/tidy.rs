@@ -9,6 +9,9 @@
 //!   `#![warn(missing_docs)]` (CI's clippy turns warnings into errors).
 //! - Crates depend on siblings only as the layering rules in `docs/ARCHITECTURE.md` say
 //!   ([`ALLOWED`]).
+//! - Library crates name no backend: their `[dependencies]` neither enable metalearn-core's CPU
+//!   backend features (`flex`, `ndarray`) nor depend on a backend crate, and the workspace takes
+//!   metalearn-core without its default features; only [`BACKEND_CHOOSERS`] pick backends.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +30,33 @@ pub const ALLOWED: &[(&str, &[&str])] = &[
         &["core", "tasks", "zoo", "update", "search", "eval", "train"],
     ),
 ];
+
+/// The crates whose `[dependencies]` may compile CPU backends in (the command, which switches
+/// between them at run time). Benches and xtask are not library crates and are not checked.
+pub const BACKEND_CHOOSERS: &[&str] = &["metalearn"];
+
+/// Lines of a manifest's `[dependencies]` table that compile a CPU backend in: a non-optional
+/// backend crate, or metalearn-core with its `flex` / `ndarray` feature.
+pub fn backend_dependencies(manifest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_deps = t == "[dependencies]";
+            continue;
+        }
+        // Optional ones are core's, behind its features.
+        let backend_crate = (t.starts_with("burn-flex") || t.starts_with("burn-ndarray"))
+            && !t.contains("optional = true");
+        let core_feature = t.starts_with("metalearn-core")
+            && (t.contains("\"flex\"") || t.contains("\"ndarray\""));
+        if in_deps && (backend_crate || core_feature) {
+            out.push(t.to_string());
+        }
+    }
+    out
+}
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -129,6 +159,17 @@ pub fn check(root: &Path) -> Vec<String> {
             Err(e) => problems.push(format!("{}: {e}", f.display())),
         }
     }
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml")).unwrap_or_default();
+    let core_entry = workspace
+        .lines()
+        .find(|l| l.trim_start().starts_with("metalearn-core"));
+    if !core_entry.is_some_and(|l| l.contains("default-features = false")) {
+        problems.push(
+            "Cargo.toml: the workspace's metalearn-core entry must say `default-features = false` \
+             (otherwise every library crate compiles both CPU backends)"
+                .to_string(),
+        );
+    }
     let crates = root.join("crates");
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&crates) {
@@ -160,6 +201,15 @@ pub fn check(root: &Path) -> Vec<String> {
                     } else {
                         allowed.join(", ")
                     }
+                ));
+            }
+        }
+        if !BACKEND_CHOOSERS.contains(&name.as_str()) {
+            for line in backend_dependencies(&manifest) {
+                problems.push(format!(
+                    "crates/{name}/Cargo.toml: `{line}` compiles a CPU backend into a library \
+                     crate (generic code takes `B: Backend`; enable backends in \
+                     [dev-dependencies] for tests)"
                 ));
             }
         }
@@ -198,6 +248,16 @@ mod tests {
                     true }\nmetalearn-train = { workspace = true }\n[dev-dependencies]\n\
                     metalearn-update = { workspace = true }\n";
         assert_eq!(sibling_dependencies(deps), vec!["core", "train"]);
+        assert!(backend_dependencies(deps).is_empty());
+        let picks = "[dependencies]\nmetalearn-core = { workspace = true, features = \
+                     [\"flex\"] }\nburn-ndarray = \"0.21\"\n[dev-dependencies]\n\
+                     metalearn-core = { workspace = true, features = [\"ndarray\"] }\n";
+        assert_eq!(
+            backend_dependencies(picks).len(),
+            2,
+            "{:?}",
+            backend_dependencies(picks)
+        );
         // The repository itself follows every rule.
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let problems = check(&root);

@@ -12,6 +12,12 @@
 //! | [`NdArrayCpu`] | burn-ndarray, f32 | the design card's CPU backend |
 //! | [`NdArrayF64`] | burn-ndarray, f64 | finite-difference gradient checks |
 //! | `Gpu` | burn-wgpu, f32 | GPU (Vulkan/Metal/DX12), behind the `wgpu` feature |
+//!
+//! The CPU aliases are behind this crate's features `flex` (`FlexCpu`; `Cpu` is it when on)
+//! and `ndarray` (`NdArrayCpu`, `NdArrayF64`, [`init_f64`]; `Cpu` without `flex`), both on by
+//! default. The other library crates take core without them, so a program compiles the
+//! backends it names and no others; `with_backend!` answers a kind whose backend is not
+//! compiled in with a typed error, as it does for `wgpu`.
 
 use burn::backend::Autodiff;
 use serde::{Deserialize, Serialize};
@@ -19,14 +25,21 @@ use std::fmt;
 use std::str::FromStr;
 
 /// burn-flex (pure Rust, SIMD, rayon), f32.
+#[cfg(feature = "flex")]
 pub type FlexCpu = burn::backend::Flex;
 /// burn-ndarray, f32.
+#[cfg(feature = "ndarray")]
 pub type NdArrayCpu = burn::backend::NdArray<f32>;
 /// burn-ndarray, f64 — for gradient checks. Note: burn-ndarray's f32 and f64 backends share one
 /// default dtype per process; set it with [`init_f64`] before creating any tensor.
+#[cfg(feature = "ndarray")]
 pub type NdArrayF64 = burn::backend::NdArray<f64>;
 /// The default CPU backend (see README for the measurement behind this choice).
+#[cfg(feature = "flex")]
 pub type Cpu = FlexCpu;
+/// The default CPU backend: burn-ndarray when burn-flex is not compiled in.
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub type Cpu = NdArrayCpu;
 /// burn-wgpu (GPU), f32.
 #[cfg(feature = "wgpu")]
 pub type Gpu = burn::backend::Wgpu;
@@ -40,6 +53,7 @@ pub type SecondOrder<B> = Autodiff<Autodiff<B>>;
 /// burn-ndarray keeps one default float dtype per process for all its element types; whichever
 /// backend creates a tensor first wins, silently. Call this before any tensor is made; it returns
 /// `false` if the dtype could not be set (another dtype was fixed first).
+#[cfg(feature = "ndarray")]
 pub fn init_f64() -> bool {
     use burn::tensor::{DType, Tensor};
     let device = Default::default();
@@ -99,14 +113,8 @@ impl FromStr for BackendKind {
 macro_rules! with_backend {
     ($kind:expr, $b:ident => $body:expr) => {{
         match $kind {
-            $crate::backend::BackendKind::Flex => {
-                type $b = $crate::backend::FlexCpu;
-                $body
-            }
-            $crate::backend::BackendKind::Ndarray => {
-                type $b = $crate::backend::NdArrayCpu;
-                $body
-            }
+            $crate::backend::BackendKind::Flex => $crate::__with_flex!($b => $body),
+            $crate::backend::BackendKind::Ndarray => $crate::__with_ndarray!($b => $body),
             $crate::backend::BackendKind::Wgpu => $crate::__with_wgpu!($b => $body),
         }
     }};
@@ -127,10 +135,54 @@ macro_rules! __with_wgpu {
 #[macro_export]
 macro_rules! __with_wgpu {
     ($b:ident => $body:expr) => {{
-        Err($crate::Error::config(
-            "backend",
-            "wgpu requested but metalearn-core was built without the `wgpu` feature",
-        )
-        .into())
+        Err($crate::backend::not_compiled_in("wgpu").into())
     }};
+}
+
+#[doc(hidden)]
+#[cfg(feature = "flex")]
+#[macro_export]
+macro_rules! __with_flex {
+    ($b:ident => $body:expr) => {{
+        type $b = $crate::backend::FlexCpu;
+        $body
+    }};
+}
+
+#[doc(hidden)]
+#[cfg(not(feature = "flex"))]
+#[macro_export]
+macro_rules! __with_flex {
+    ($b:ident => $body:expr) => {{
+        Err($crate::backend::not_compiled_in("flex").into())
+    }};
+}
+
+#[doc(hidden)]
+#[cfg(feature = "ndarray")]
+#[macro_export]
+macro_rules! __with_ndarray {
+    ($b:ident => $body:expr) => {{
+        type $b = $crate::backend::NdArrayCpu;
+        $body
+    }};
+}
+
+#[doc(hidden)]
+#[cfg(not(feature = "ndarray"))]
+#[macro_export]
+macro_rules! __with_ndarray {
+    ($b:ident => $body:expr) => {{
+        Err($crate::backend::not_compiled_in("ndarray").into())
+    }};
+}
+
+/// The error of [`with_backend!`](crate::with_backend) for a backend this build of
+/// metalearn-core does not include (its feature is off).
+#[doc(hidden)]
+pub fn not_compiled_in(feature: &str) -> crate::Error {
+    crate::Error::config(
+        "backend",
+        format!("{feature} requested but metalearn-core was built without the `{feature}` feature"),
+    )
 }
