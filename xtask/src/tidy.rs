@@ -38,24 +38,29 @@ pub const BACKEND_CHOOSERS: &[&str] = &["metalearn"];
 /// Lines of a manifest's `[dependencies]` table that compile a CPU backend in: a non-optional
 /// backend crate, or metalearn-core with its `flex` / `ndarray` feature.
 pub fn backend_dependencies(manifest: &str) -> Vec<String> {
-    let mut out = Vec::new();
+    dependency_lines(manifest)
+        .filter(|t| {
+            // Optional ones are core's, behind its features.
+            let backend_crate = (t.starts_with("burn-flex") || t.starts_with("burn-ndarray"))
+                && !t.contains("optional = true");
+            let core_feature = t.starts_with("metalearn-core")
+                && (t.contains("\"flex\"") || t.contains("\"ndarray\""));
+            backend_crate || core_feature
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The trimmed lines of a manifest's `[dependencies]` table.
+fn dependency_lines(manifest: &str) -> impl Iterator<Item = &str> {
     let mut in_deps = false;
-    for line in manifest.lines() {
-        let t = line.trim();
+    manifest.lines().map(str::trim).filter(move |t| {
         if t.starts_with('[') {
-            in_deps = t == "[dependencies]";
-            continue;
+            in_deps = *t == "[dependencies]";
+            return false;
         }
-        // Optional ones are core's, behind its features.
-        let backend_crate = (t.starts_with("burn-flex") || t.starts_with("burn-ndarray"))
-            && !t.contains("optional = true");
-        let core_feature = t.starts_with("metalearn-core")
-            && (t.contains("\"flex\"") || t.contains("\"ndarray\""));
-        if in_deps && (backend_crate || core_feature) {
-            out.push(t.to_string());
-        }
-    }
-    out
+        in_deps
+    })
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -122,25 +127,14 @@ pub fn check_tests(path: &Path, text: &str) -> Vec<String> {
 
 /// The sibling crates (`metalearn-*`) named in the `[dependencies]` table of a manifest.
 pub fn sibling_dependencies(manifest: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut in_deps = false;
-    for line in manifest.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_deps = t == "[dependencies]";
-            continue;
-        }
-        if in_deps {
-            if let Some(rest) = t.strip_prefix("metalearn-") {
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                out.push(name);
-            }
-        }
-    }
-    out
+    dependency_lines(manifest)
+        .filter_map(|t| t.strip_prefix("metalearn-"))
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
 }
 
 /// Every rule over the repository at `root`; the problems found (empty: tidy).
