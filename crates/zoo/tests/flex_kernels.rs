@@ -1,7 +1,8 @@
 //! The burn-flex kernels that metalearn patches (patches/README.md) and the convolution paths
 //! that rely on them, checked on burn-flex against burn-ndarray as the reference: strided
 //! copies (reshape of slices and permutations), concatenation of strided inputs, 2×2 max
-//! pooling with indices, and Conv4's values and gradients on every convolution path.
+//! pooling with indices, the parallel row scatter-add (the im2col backward), and Conv4's values
+//! and gradients on every convolution path.
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -187,4 +188,57 @@ fn parallel_elementwise_ops_match_ndarray() {
         assert_eq!(a.0, b.0, "case {k}: shapes differ");
         assert_eq!(a.1, b.1, "case {k}: values differ");
     }
+}
+
+/// The backward of an im2col row `select`: `select_assign(.., Add)` of `[N·H·W·k², C]` value
+/// rows into `[N·H·W + 1, C]` (each destination row receives up to k² = 9 rows, the last
+/// one, the padding row, many more). The patch splits it across the pool's threads by
+/// destination row; `integral` values make every sum exact, so burn-ndarray's result is the
+/// reference whatever its order of additions.
+fn scatter_add<B: Backend>(integral: bool) -> (Vec<usize>, Vec<f32>) {
+    use burn::tensor::{IndexingUpdateOp, Int};
+    let d = B::Device::default();
+    let (n, h, w, k, c) = (12usize, 14usize, 14usize, 3usize, 64usize);
+    let m = n * h * w;
+    let mut idx = Vec::with_capacity(m * k * k);
+    for b in 0..n {
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                for dy in -1..=1isize {
+                    for dx in -1..=1isize {
+                        let (yy, xx) = (y + dy, x + dx);
+                        idx.push(if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                            m as i64
+                        } else {
+                            ((b * h + yy as usize) * w + xx as usize) as i64
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut v = values(m * k * k * c, 11);
+    if integral {
+        v.iter_mut().for_each(|x| *x = x.round());
+    }
+    let base = Tensor::<B, 2>::from_data(TensorData::new(values((m + 1) * c, 12), [m + 1, c]), &d);
+    let rows = Tensor::<B, 2>::from_data(TensorData::new(v, [m * k * k, c]), &d);
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [m * k * k]), &d);
+    host(base.select_assign(0, idx, rows, IndexingUpdateOp::Add))
+}
+
+#[test]
+fn parallel_row_scatter_add_matches_serial_and_ndarray() {
+    let on = |threads, integral| {
+        metalearn_core::parallel::run_exclusive(threads, || Ok(scatter_add::<FlexCpu>(integral)))
+            .expect("lane")
+    };
+    // Bit for bit at any thread count (each row sums in the serial order).
+    let (one, two) = (on(1, false), on(2, false));
+    assert_eq!(one.0, two.0);
+    assert!(one.1 == two.1, "2 threads differ from 1");
+    let reference = scatter_add::<NdArrayCpu>(true);
+    let flex = on(2, true);
+    assert_eq!(flex.0, reference.0);
+    assert!(flex.1 == reference.1, "flex differs from ndarray");
 }

@@ -839,7 +839,7 @@ pub fn select_add<E: Element + Pod + Default + Copy + core::ops::AddAssign + Sen
 
 /// Optimized 2D select_add.
 #[inline]
-fn select_add_2d<E: Copy + core::ops::AddAssign>(
+fn select_add_2d<E: Copy + core::ops::AddAssign + Send + Sync>(
     result: &mut [E],
     indices_data: &[isize],
     value_data: &[E],
@@ -850,12 +850,21 @@ fn select_add_2d<E: Copy + core::ops::AddAssign>(
 ) {
     let dim_size = if dim == 0 { tensor_rows } else { tensor_cols };
     if dim == 0 {
+        // metalearn patch: large row scatter-adds (the backward of an im2col `select`, where
+        // every destination row receives k² value rows) run in parallel over destination rows.
+        #[cfg(feature = "rayon")]
+        if select_add_rows_par(result, indices_data, value_data, tensor_rows, tensor_cols) {
+            return;
+        }
         for (i, &idx) in indices_data.iter().enumerate() {
             let dst_row = checked_index(idx, dim_size);
             let dst_start = dst_row * tensor_cols;
             let src_start = i * tensor_cols;
-            for j in 0..tensor_cols {
-                result[dst_start + j] += value_data[src_start + j];
+            for (r, &v) in result[dst_start..dst_start + tensor_cols]
+                .iter_mut()
+                .zip(&value_data[src_start..src_start + tensor_cols])
+            {
+                *r += v;
             }
         }
     } else {
@@ -866,6 +875,64 @@ fn select_add_2d<E: Copy + core::ops::AddAssign>(
             }
         }
     }
+}
+
+/// metalearn patch: `select_add` along dim 0 of a 2-D tensor, split across the current rayon
+/// pool by destination rows. The value rows that add into each destination row are listed in
+/// ascending order (a stable counting sort of the indices), so every row sums its
+/// contributions in the same order as the serial loop: the result is bit-identical to it at any
+/// thread count. Returns `false` (nothing done) when the work is too small to split or the pool
+/// has one thread.
+#[cfg(feature = "rayon")]
+fn select_add_rows_par<E: Copy + core::ops::AddAssign + Send + Sync>(
+    result: &mut [E],
+    indices_data: &[isize],
+    value_data: &[E],
+    tensor_rows: usize,
+    tensor_cols: usize,
+) -> bool {
+    /// Bytes of value rows below which the serial loop is as fast.
+    const PARALLEL_THRESHOLD_BYTES: usize = 4 * 1024 * 1024;
+    /// Destination elements per rayon task.
+    const MIN_ELEMS_PER_TASK: usize = 64 * 1024;
+    if tensor_cols == 0
+        || core::mem::size_of_val(value_data) < PARALLEL_THRESHOLD_BYTES
+        || rayon::current_num_threads() < 2
+    {
+        return false;
+    }
+    // CSR of destination row -> value rows, ascending (counting sort; validates the indices).
+    let mut starts = vec![0usize; tensor_rows + 1];
+    for &idx in indices_data {
+        starts[checked_index(idx, tensor_rows) + 1] += 1;
+    }
+    for r in 0..tensor_rows {
+        starts[r + 1] += starts[r];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0usize; indices_data.len()];
+    for (i, &idx) in indices_data.iter().enumerate() {
+        let d = idx as usize; // checked above
+        order[next[d]] = i;
+        next[d] += 1;
+    }
+    let rows_per_task = (MIN_ELEMS_PER_TASK / tensor_cols).max(1);
+    result[..tensor_rows * tensor_cols]
+        .par_chunks_mut(rows_per_task * tensor_cols)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let first = task * rows_per_task;
+            for (r, row) in dst.chunks_exact_mut(tensor_cols).enumerate() {
+                let d = first + r;
+                for &i in &order[starts[d]..starts[d + 1]] {
+                    let src = &value_data[i * tensor_cols..(i + 1) * tensor_cols];
+                    for (a, &b) in row.iter_mut().zip(src) {
+                        *a += b;
+                    }
+                }
+            }
+        });
+    true
 }
 
 /// Compute row-major strides for a shape.
