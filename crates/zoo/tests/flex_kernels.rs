@@ -207,11 +207,13 @@ fn scatter_add<B: Backend>(integral: bool) -> (Vec<usize>, Vec<f32>) {
                 for dy in -1..=1isize {
                     for dx in -1..=1isize {
                         let (yy, xx) = (y + dy, x + dx);
-                        idx.push(if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
-                            m as i64
-                        } else {
-                            ((b * h + yy as usize) * w + xx as usize) as i64
-                        });
+                        idx.push(
+                            if yy < 0 || xx < 0 || yy >= h as isize || xx >= w as isize {
+                                m as i64
+                            } else {
+                                ((b * h + yy as usize) * w + xx as usize) as i64
+                            },
+                        );
                     }
                 }
             }
