@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 
-use metalearn::core::backend::NdArrayCpu;
+use metalearn::core::backend::{BackendKind, NdArrayCpu};
 use metalearn::experiment::{claim_run_dir, Experiment};
 use metalearn::run::{eval, learner, read_result, train, EvalOverrides};
 use metalearn::train::files::list_checkpoints;
@@ -104,9 +104,16 @@ fn every_experiment_file_parses_round_trips_and_runs() {
             edits.push(("budget", "val_steps", Value::Integer(2)));
             edits.push(("eval", "steps", Value::Integer(2)));
         }
+        // The Omniglot runs on burn-flex (Conv4 on burn-ndarray took ~10x longer, most of this
+        // test's time); the small ones on burn-ndarray, so the command runs both CPU backends.
+        let backend = if omniglot {
+            BackendKind::Flex
+        } else {
+            BackendKind::Ndarray
+        };
         let small = Experiment::parse(&set(&text, &edits), &f.display().to_string())
             .unwrap()
-            .with_backend(metalearn::core::backend::BackendKind::Ndarray);
+            .with_backend(backend);
         let dir = temp(&format!("run-{}", f.file_stem().unwrap().to_string_lossy()));
         let s =
             train(&small, &dir, Progress::Quiet).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
@@ -128,7 +135,7 @@ fn every_experiment_file_parses_round_trips_and_runs() {
             // The hand-written file leaves the head's size out; shipping beside it accepts it.
             let by_hand = temp("finetune-by-hand");
             std::fs::create_dir_all(&by_hand).unwrap();
-            let written = format!("backend = \"ndarray\"\n{}", set(&text, &edits));
+            let written = format!("backend = \"{backend}\"\n{}", set(&text, &edits));
             std::fs::write(by_hand.join("experiment.toml"), written).unwrap();
             let shipped = metalearn::run::ship(&dir, &by_hand, None, &[])
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
