@@ -1,8 +1,10 @@
 //! The burn-flex kernels that metalearn patches (patches/README.md) and the convolution paths
 //! that rely on them, checked on burn-flex against burn-ndarray as the reference: strided
 //! copies (reshape of slices and permutations), concatenation of strided inputs, 2×2 max
-//! pooling with indices, the parallel row scatter-add (the im2col backward), and Conv4's values
-//! and gradients on every convolution path.
+//! pooling with indices, the parallel row scatter-add (the im2col backward), element-wise ops
+//! with a broadcast operand on either side, the gradients of reductions (whose backward the
+//! burn-autodiff patch broadcasts as a view), and Conv4's values and gradients on every
+//! convolution path.
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -175,8 +177,32 @@ fn elementwise<B: Backend>() -> Vec<(Vec<usize>, Vec<f32>)> {
         host(x.clone() - col.clone()),
         host(x.clone() * col.clone()),
         host(x.clone() + row.clone()),
-        host(x / (row.abs() + 1.0)),
+        host(x.clone() / (row.clone().abs() + 1.0)),
+        // A broadcast view on the left of a commutative op (swapped by the patch).
+        host(col.clone().expand([c, m]) + y.clone()),
+        host(row.expand([c, m]) * x),
+        host(col.expand([c, m]) - y),
     ]
+}
+
+/// Gradients of every reduction (sum, mean, and their `_dim` forms), whose backward the
+/// burn-autodiff patch hands on as a broadcast view instead of multiplying a tensor of ones:
+/// the input's gradient is a sum of broadcast terms, which must equal burn-ndarray's exactly.
+fn reduction_grads<B: Backend>() -> Vec<(Vec<usize>, Vec<f32>)> {
+    type A<B> = Autodiff<B>;
+    let d = B::Device::default();
+    let (c, m) = (64, 4096);
+    let x = Tensor::<A<B>, 2>::from_data(TensorData::new(values(c * m, 13), [c, m]), &d)
+        .require_grad();
+    let y = Tensor::<A<B>, 2>::from_data(TensorData::new(values(c * m, 14), [c, m]), &d);
+    let col = Tensor::<A<B>, 2>::from_data(TensorData::new(values(c, 15), [c, 1]), &d);
+    let row = Tensor::<A<B>, 2>::from_data(TensorData::new(values(m, 16), [1, m]), &d);
+    let loss = (x.clone().sum_dim(1) * col).sum()
+        + (x.clone().mean_dim(0) * row).sum()
+        + x.clone().mean() * 3.0
+        + (x.clone() * y).sum();
+    let grads = loss.backward();
+    vec![host(x.grad(&grads).expect("x is tracked"))]
 }
 
 #[test]
@@ -187,6 +213,17 @@ fn parallel_elementwise_ops_match_ndarray() {
     for (k, (a, b)) in flex.iter().zip(&reference).enumerate() {
         assert_eq!(a.0, b.0, "case {k}: shapes differ");
         assert_eq!(a.1, b.1, "case {k}: values differ");
+    }
+}
+
+#[test]
+fn reduction_gradients_match_ndarray() {
+    let flex = metalearn_core::parallel::run_exclusive(2, || Ok(reduction_grads::<FlexCpu>()))
+        .expect("lane");
+    let reference = reduction_grads::<NdArrayCpu>();
+    for (k, (a, b)) in flex.iter().zip(&reference).enumerate() {
+        assert_eq!(a.0, b.0, "case {k}: shapes differ");
+        assert!(a.1 == b.1, "case {k}: values differ");
     }
 }
 

@@ -48,6 +48,22 @@ fn unsqueeze_like<B: Backend>(
     B::float_reshape(tensor, Shape::from(dims))
 }
 
+// metalearn patch: the backward of a reduction (sum, mean, and their `_dim` forms) broadcasts
+// the reduced gradient with `float_expand` (a view on burn-flex) instead of multiplying it
+// into a freshly filled tensor of ones of the input's shape (one allocation, one fill and one
+// multiplication pass over the full shape). Bit-identical: the mean's `1/n` is multiplied into
+// the gradient exactly as before (`ones · (1/n)` times the gradient, on the reduced shape).
+fn broadcast_grad<B: Backend>(grad: B::FloatTensorPrimitive, shape: Shape) -> B::FloatTensorPrimitive {
+    B::float_expand(grad, shape)
+}
+
+/// `(ones · val) · grad` on the gradient's own (reduced) shape, as the unpatched mean backward
+/// computed it on the full shape.
+fn scale_grad<B: Backend>(grad: B::FloatTensorPrimitive, val: f64) -> B::FloatTensorPrimitive {
+    let ones = B::float_ones(grad.shape(), &B::float_device(&grad), grad.dtype().into());
+    B::float_mul(B::float_mul_scalar(ones, val.into()), grad)
+}
+
 impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> {
     #[cfg_attr(feature = "tracing", tracing::instrument(
         level="trace",
@@ -228,7 +244,10 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                     ops.node,
                     grads,
                     |grad| broadcast_shape::<B>(grad, &shape_lhs),
-                    |grad| broadcast_shape::<B>(B::float_neg(grad), &shape_rhs),
+                    // metalearn patch: reduce to the rhs shape first, then negate (bit-identical:
+                    // rounding is symmetric under negation), so a broadcast rhs (`x - mean`)
+                    // negates its small gradient, not the full one.
+                    |grad| B::float_neg(broadcast_shape::<B>(grad, &shape_rhs)),
                 );
             }
         }
@@ -1904,11 +1923,8 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
                     let shape = ops.state;
                     let val = 1_f64 / shape.num_elements() as f64;
-                    let ones = B::float_ones(shape, &B::float_device(&grad), grad.dtype().into());
-                    let val = B::float_mul_scalar(ones, val.into());
-
-                    let grad = unsqueeze_like::<B>(grad, val.shape());
-                    B::float_mul(val, grad)
+                    let grad = scale_grad::<B>(unsqueeze_like::<B>(grad, shape.clone()), val);
+                    broadcast_grad::<B>(grad, shape)
                 });
             }
         }
@@ -1935,11 +1951,8 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                 _checkpointer: &mut Checkpointer,
             ) {
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    let val =
-                        B::float_ones(ops.state, &B::float_device(&grad), grad.dtype().into());
-
-                    let grad = unsqueeze_like::<B>(grad, val.shape());
-                    B::float_mul(val, grad)
+                    let grad = unsqueeze_like::<B>(grad, ops.state.clone());
+                    broadcast_grad::<B>(grad, ops.state)
                 });
             }
         }
@@ -1969,11 +1982,8 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
 
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
                     let val = 1_f64 / shape[dim] as f64;
-                    let ones = B::float_ones(shape, &B::float_device(&grad), grad.dtype().into());
-                    let val = B::float_mul_scalar(ones, val.into());
-
-                    let grad = B::float_sum_dim(grad, dim);
-                    B::float_mul(val, grad)
+                    let grad = scale_grad::<B>(B::float_sum_dim(grad, dim), val);
+                    broadcast_grad::<B>(grad, shape)
                 });
             }
         }
@@ -2007,10 +2017,7 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                 let (shape, dim) = ops.state;
 
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    let ones = B::float_ones(shape, &B::float_device(&grad), grad.dtype().into());
-                    let grad = B::float_sum_dim(grad, dim);
-
-                    B::float_mul(ones, grad)
+                    broadcast_grad::<B>(B::float_sum_dim(grad, dim), shape)
                 });
             }
         }

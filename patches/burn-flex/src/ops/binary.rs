@@ -45,6 +45,20 @@ where
     // Broadcast tensors to the same shape if needed
     let (lhs, rhs) = crate::ops::expand::broadcast_binary(lhs, rhs);
 
+    // metalearn patch: for the commutative Add and Mul (`a + b` and `a · b` are the same bits
+    // as `b + a` and `b · a`), a broadcast (stride-0) lhs with a contiguous rhs is swapped so the
+    // fast paths below, which take the broadcast operand on the right, apply. burn-autodiff's
+    // reduction backward (patched) hands on its gradient as such a broadcast view.
+    let (lhs, rhs) = if matches!(simd_hint, Some(BinaryOp::Add | BinaryOp::Mul))
+        && lhs.layout().contiguous_offsets().is_none()
+        && lhs.layout().strides().contains(&0)
+        && rhs.layout().contiguous_offsets().is_some()
+    {
+        (rhs, lhs)
+    } else {
+        (lhs, rhs)
+    };
+
     let dtype = lhs.dtype();
 
     match dtype {
