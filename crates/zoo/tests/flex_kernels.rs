@@ -192,8 +192,8 @@ fn reduction_grads<B: Backend>() -> Vec<(Vec<usize>, Vec<f32>)> {
     type A<B> = Autodiff<B>;
     let d = B::Device::default();
     let (c, m) = (64, 4096);
-    let x = Tensor::<A<B>, 2>::from_data(TensorData::new(values(c * m, 13), [c, m]), &d)
-        .require_grad();
+    let x =
+        Tensor::<A<B>, 2>::from_data(TensorData::new(values(c * m, 13), [c, m]), &d).require_grad();
     let y = Tensor::<A<B>, 2>::from_data(TensorData::new(values(c * m, 14), [c, m]), &d);
     let col = Tensor::<A<B>, 2>::from_data(TensorData::new(values(c, 15), [c, 1]), &d);
     let row = Tensor::<A<B>, 2>::from_data(TensorData::new(values(m, 16), [1, m]), &d);
