@@ -205,26 +205,28 @@ fn reduction_grads<B: Backend>() -> Vec<(Vec<usize>, Vec<f32>)> {
     vec![host(x.grad(&grads).expect("x is tracked"))]
 }
 
-#[test]
-fn parallel_elementwise_ops_match_ndarray() {
-    let flex =
-        metalearn_core::parallel::run_exclusive(2, || Ok(elementwise::<FlexCpu>())).expect("lane");
-    let reference = elementwise::<NdArrayCpu>();
-    for (k, (a, b)) in flex.iter().zip(&reference).enumerate() {
-        assert_eq!(a.0, b.0, "case {k}: shapes differ");
-        assert_eq!(a.1, b.1, "case {k}: values differ");
-    }
-}
-
-#[test]
-fn reduction_gradients_match_ndarray() {
-    let flex = metalearn_core::parallel::run_exclusive(2, || Ok(reduction_grads::<FlexCpu>()))
-        .expect("lane");
-    let reference = reduction_grads::<NdArrayCpu>();
+/// Each case of `cases` run on burn-flex on a 2-thread lane equals burn-ndarray's bit for bit.
+fn assert_flex_matches_ndarray(
+    cases: fn() -> Vec<(Vec<usize>, Vec<f32>)>,
+    reference: fn() -> Vec<(Vec<usize>, Vec<f32>)>,
+) {
+    let flex = metalearn_core::parallel::run_exclusive(2, || Ok(cases())).expect("lane");
+    let reference = reference();
+    assert_eq!(flex.len(), reference.len());
     for (k, (a, b)) in flex.iter().zip(&reference).enumerate() {
         assert_eq!(a.0, b.0, "case {k}: shapes differ");
         assert!(a.1 == b.1, "case {k}: values differ");
     }
+}
+
+#[test]
+fn parallel_elementwise_ops_match_ndarray() {
+    assert_flex_matches_ndarray(elementwise::<FlexCpu>, elementwise::<NdArrayCpu>);
+}
+
+#[test]
+fn reduction_gradients_match_ndarray() {
+    assert_flex_matches_ndarray(reduction_grads::<FlexCpu>, reduction_grads::<NdArrayCpu>);
 }
 
 /// The backward of an im2col row `select`: `select_assign(.., Add)` of `[N·H·W·k², C]` value

@@ -52,10 +52,7 @@ fn unsqueeze_like<B: Backend>(
 // the reduced gradient with `float_expand` (a view on burn-flex) instead of multiplying it
 // into a freshly filled tensor of ones of the input's shape (one allocation, one fill and one
 // multiplication pass over the full shape). Bit-identical: the mean's `1/n` is multiplied into
-// the gradient exactly as before (`ones · (1/n)` times the gradient, on the reduced shape).
-fn broadcast_grad<B: Backend>(grad: B::FloatTensorPrimitive, shape: Shape) -> B::FloatTensorPrimitive {
-    B::float_expand(grad, shape)
-}
+// the gradient exactly as before (`scale_grad`, on the reduced shape).
 
 /// `(ones · val) · grad` on the gradient's own (reduced) shape, as the unpatched mean backward
 /// computed it on the full shape.
@@ -1924,7 +1921,7 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                     let shape = ops.state;
                     let val = 1_f64 / shape.num_elements() as f64;
                     let grad = scale_grad::<B>(unsqueeze_like::<B>(grad, shape.clone()), val);
-                    broadcast_grad::<B>(grad, shape)
+                    B::float_expand(grad, shape)
                 });
             }
         }
@@ -1952,7 +1949,7 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
             ) {
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
                     let grad = unsqueeze_like::<B>(grad, ops.state.clone());
-                    broadcast_grad::<B>(grad, ops.state)
+                    B::float_expand(grad, ops.state)
                 });
             }
         }
@@ -1983,7 +1980,7 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
                     let val = 1_f64 / shape[dim] as f64;
                     let grad = scale_grad::<B>(B::float_sum_dim(grad, dim), val);
-                    broadcast_grad::<B>(grad, shape)
+                    B::float_expand(grad, shape)
                 });
             }
         }
@@ -2017,7 +2014,7 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                 let (shape, dim) = ops.state;
 
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    broadcast_grad::<B>(B::float_sum_dim(grad, dim), shape)
+                    B::float_expand(B::float_sum_dim(grad, dim), shape)
                 });
             }
         }
