@@ -2,11 +2,16 @@
 //! per-task and task-batched paths) and Conv4 forward + backward on each CPU backend.
 //!
 //! Run with `cargo xtask criterion` (or `cargo bench -p metalearn-benches`).
+//!
+//! Same allocator as `metalearn-bench` and the `metalearn` command (mimalloc, freed memory kept
+//! mapped): with glibc's malloc, a Conv4 forward + backward on 80 images spent 41% of its
+//! samples in the kernel (page faults and zeroing of the activations' fresh pages, perf, 2
+//! threads), which would time the allocator rather than the network.
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use metalearn_core::backend::{FlexCpu, NdArrayCpu};
 use metalearn_core::learner::MetaLearner;
 use metalearn_core::{MetaModule, SeedStream, TaskDistribution};
@@ -71,4 +76,12 @@ criterion_group! {
     config = Criterion::default().sample_size(10);
     targets = maml_iteration, conv4
 }
-criterion_main!(benches);
+/// mimalloc, with freed memory kept mapped by `main` (`metalearn_train::allocator`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    metalearn_train::allocator::keep_freed_memory_mapped();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
