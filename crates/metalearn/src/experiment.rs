@@ -25,6 +25,11 @@
 //! [eval]                      # the test protocol (default: the task's ways/shots, 15 queries)
 //! episodes = 600
 //! steps = 3
+//!
+//! [validation]                # optional, image tasks: the validation episodes' shape
+//! ways = 5                    #   (default: the training episodes'), e.g. to select a ProtoNet
+//! shots = 1                   #   trained on 60-way episodes by its 5-way accuracy; a learner
+//! queries = 15                #   with a `ways`-class head (MAML family) keeps the task's ways
 //! ```
 //!
 //! `finetune` (pretrain + fine-tune, Chen et al. 2019's *Baseline*) trains a classifier over
@@ -323,6 +328,9 @@ pub struct Experiment {
     pub budget: TrainerConfig,
     /// The test protocol.
     pub eval: EvalSpec,
+    /// The validation episodes' shape where `[validation]` sets one (image tasks); `None`:
+    /// the training episodes' shape.
+    pub validation: Option<NWayKShotConfig>,
     /// The learner's kind as written (`maml`, `fomaml`, …).
     pub learner_kind: String,
     resolved: Table,
@@ -466,8 +474,15 @@ fn coerce(default: &Value, v: &Value) -> Option<Value> {
     }
 }
 
-const TOP_KEYS: [&str; 7] = [
-    "seed", "backend", "task", "model", "learner", "budget", "eval",
+const TOP_KEYS: [&str; 8] = [
+    "seed",
+    "backend",
+    "task",
+    "model",
+    "learner",
+    "budget",
+    "eval",
+    "validation",
 ];
 
 impl Experiment {
@@ -574,6 +589,16 @@ impl Experiment {
             }
         }
         resolved.insert("eval".into(), Value::Table(eval_table));
+        // Only a file that has the section records it, so that run directories made before
+        // it existed resume unchanged.
+        let validation = match cx.section(&root, "validation", false)? {
+            Some(t) => {
+                let (shape, table) = parse_validation(&cx, t, &task, &learner)?;
+                resolved.insert("validation".into(), Value::Table(table));
+                Some(shape)
+            }
+            None => None,
+        };
         Ok(Self {
             seed,
             backend,
@@ -582,6 +607,7 @@ impl Experiment {
             learner,
             budget,
             eval,
+            validation,
             learner_kind,
             resolved,
         })
@@ -973,6 +999,56 @@ fn parse_task(cx: &Ctx<'_>, t: Option<&Table>) -> Result<(TaskSpec, Table, usize
             ),
         )),
     }
+}
+
+/// `[validation]`: the validation episodes' shape (image tasks), defaulting to the training
+/// episodes'; a learner whose head has the task's `ways` classes cannot change `ways`.
+fn parse_validation(
+    cx: &Ctx<'_>,
+    t: &Table,
+    task: &TaskSpec,
+    learner: &LearnerSpec,
+) -> Result<(NWayKShotConfig, Table)> {
+    #[derive(Serialize, Deserialize)]
+    struct Shape {
+        ways: usize,
+        shots: usize,
+        queries: usize,
+    }
+    let episode = match task {
+        TaskSpec::Omniglot { episode, .. } | TaskSpec::Folder { episode, .. } => *episode,
+        TaskSpec::Sinusoid(_) | TaskSpec::Dynamics(_) => {
+            return Err(cx.key(
+                "validation",
+                "only image tasks (omniglot, folder) have a validation episode shape; \
+                 regression tasks validate on the training task shape",
+            ))
+        }
+    };
+    let base = Shape {
+        ways: episode.ways,
+        shots: episode.shots,
+        queries: episode.query,
+    };
+    let (v, table): (Shape, _) = cx.overlay("validation", &base, Some(t), &[])?;
+    for (k, n) in [("ways", v.ways), ("shots", v.shots), ("queries", v.queries)] {
+        if n == 0 {
+            return Err(cx.key(format!("validation.{k}"), "must be at least 1"));
+        }
+    }
+    if v.ways != episode.ways && learner.head_is_task_ways() {
+        return Err(cx.key(
+            "validation.ways",
+            format!(
+                "the model's head has {} classes (task.ways), so it validates at {} ways, not \
+                 {}; only learners without such a head (protonet, finetune, distill) can",
+                episode.ways, episode.ways, v.ways
+            ),
+        ));
+    }
+    let shape = NWayKShotConfig::new(v.ways, v.shots, v.queries);
+    cx.checked("validation", shape.validate())?;
+    Ok((shape, table))
 }
 
 /// The training episodes' shape, checked.

@@ -36,7 +36,8 @@ use std::sync::Arc;
 pub struct Tasks {
     /// Training tasks.
     pub train: Box<dyn TaskDistribution>,
-    /// Validation tasks (held-out classes), in the training episode shape.
+    /// Validation tasks (held-out classes), in the training episode shape unless the
+    /// experiment's `[validation]` sets another.
     pub val: Box<dyn TaskDistribution>,
     /// Test tasks (held-out classes) in the evaluation shape.
     pub test: Box<dyn TaskDistribution>,
@@ -135,7 +136,7 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
             Tasks {
                 train_classes: train.num_classes(),
                 train: training_tasks(exp, train, *episode)?,
-                val: Box::new(NWayKShot::new(val, *episode)?),
+                val: Box::new(NWayKShot::new(val, exp.validation.unwrap_or(*episode))?),
                 test: Box::new(NWayKShot::new(
                     test,
                     NWayKShotConfig::new(e.ways, e.shots, e.queries),
@@ -175,7 +176,7 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
                 train: training_tasks(exp, Arc::new(train.classes), *episode).map_err(|e| {
                     Error::Usage(format!("{}: the train split: {e}", path.display()))
                 })?,
-                val: episodes_of("val", val, *episode)?,
+                val: episodes_of("val", val, exp.validation.unwrap_or(*episode))?,
                 test: episodes_of(
                     "test",
                     test,

@@ -452,6 +452,23 @@ fn bad_experiment_files_name_the_key() {
             ),
             "`learner.kind`: distill needs a classification task",
         ),
+        (
+            format!("{good}\n[validation]\nways = 5\n"),
+            "`validation`: only image tasks",
+        ),
+        (
+            format!("{folder}[validation]\nways = 0\n"),
+            "`validation.ways`: must be at least 1",
+        ),
+        (
+            format!("{folder}[validation]\nway = 5\n"),
+            "`validation.way`: unknown key",
+        ),
+        (
+            format!("{folder}[validation]\nways = 20\n")
+                .replace("kind = \"protonet\"", "kind = \"maml\""),
+            "`validation.ways`: the model's head has 5 classes",
+        ),
     ];
     for (text, expected) in cases {
         let e = error_of(&text);
@@ -461,6 +478,49 @@ fn bad_experiment_files_name_the_key() {
             "expected `{expected}` in: {e}\n---\n{text}"
         );
     }
+}
+
+/// `[validation]` sets the validation episodes' shape (here 2-way 1-shot with 2 queries for a
+/// ProtoNet trained on 3-way 2-shot episodes), is recorded, and cannot be added to a run.
+#[test]
+fn validation_episodes_take_the_shape_of_the_validation_section() {
+    let images = temp("validation-images");
+    write_class_folders(&images, 12, 4);
+    let text = format!(
+        "seed = 3\n[task]\nsource = \"folder\"\npath = {:?}\nimage_size = 16\n\
+         val_fraction = 0.34\ntest_fraction = 0.34\nways = 3\nshots = 2\nqueries = 1\n\
+         [learner]\nkind = \"protonet\"\n[budget]\niterations = 1\n[eval]\nqueries = 2\n",
+        images.display().to_string()
+    );
+    let with = format!("{text}[validation]\nways = 2\nshots = 1\nqueries = 2\n");
+    let plain = Experiment::parse(&text, "exp.toml").unwrap();
+    let exp = Experiment::parse(&with, "exp.toml").unwrap();
+    assert_eq!(plain.validation, None);
+    assert!(!plain.resolved().contains_key("validation"));
+    assert_eq!(
+        Experiment::parse(&exp.resolved_toml(), "resolved")
+            .unwrap()
+            .resolved(),
+        exp.resolved()
+    );
+    let shape = |e: &Experiment| {
+        let tasks = metalearn::run::tasks(e).unwrap();
+        let [train, val] = [&tasks.train, &tasks.val].map(|t| {
+            let ep = t.sample(7).unwrap();
+            (ep.support.input_shape[0], ep.query.input_shape[0])
+        });
+        (train, val)
+    };
+    // (support, query) rows: ways × shots and ways × queries.
+    assert_eq!(shape(&plain), ((6, 3), (6, 3)));
+    assert_eq!(shape(&exp), ((6, 3), (2, 4)));
+    // A run directory keeps the shape it validated with.
+    let dir = temp("validation-run");
+    claim_run_dir(&plain, &dir).unwrap();
+    let e = claim_run_dir(&exp, &dir).unwrap_err().to_string();
+    assert!(e.contains("validation"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&images).unwrap();
 }
 
 #[test]
