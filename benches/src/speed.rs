@@ -91,7 +91,8 @@ fn loadavg() -> f64 {
 }
 
 /// The CPU's model name and its nominal f32 peak per core (GFLOP/s): clock × FMA width × 2
-/// FMA units (AVX-512: 16 lanes, AVX2: 8) × 2 FLOP per FMA.
+/// FMA units (AVX-512: 16 lanes, AVX2: 8) × 2 FLOP per FMA. AMD's Zen 4 (family 25 with
+/// AVX-512) runs a 512-bit instruction as two 256-bit halves, so its FMA width is 8 lanes.
 fn cpu_peak() -> (String, f64) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
@@ -104,8 +105,12 @@ fn cpu_peak() -> (String, f64) {
     let mhz: f64 = field("cpu MHz").and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let flags = field("flags").unwrap_or_default();
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-    let lanes = if has("avx512f") {
+    let zen4 = field("vendor_id").as_deref() == Some("AuthenticAMD")
+        && field("cpu family").as_deref() == Some("25");
+    let lanes = if has("avx512f") && !zen4 {
         16.0
+    } else if has("avx512f") {
+        8.0
     } else if has("avx2") {
         8.0
     } else {
@@ -652,8 +657,10 @@ fn report(r: &Results) -> String {
     let _ = writeln!(md, "# Speed suite ({})\n", r.backend);
     let _ = writeln!(
         md,
-        "CPU: {} — nominal f32 peak {:.0} GFLOP/s per core (clock × FMA width × 2 units × 2{}); \
-         achieved 1024³ GEMM on this backend: {}.\n",
+        "CPU: {} — nominal f32 peak {:.0} GFLOP/s per core (clock × FMA width × 2 units × 2, at \
+         the clock /proc/cpuinfo reports, which turbo can exceed{}); achieved 1024³ GEMM on \
+         this backend: {}. GFLOP/s columns give the share of the nominal 1-core peak and of \
+         the GEMM rate at the same thread count (what this backend's matrix products reach).\n",
         r.cpu,
         r.peak_gflops_per_core,
         if r.gpu {
@@ -693,18 +700,22 @@ fn report(r: &Results) -> String {
             .find(|t| t.workload == w && t.system == sys && t.threads == threads)
     };
     let cell = |t: &Timing| format!("{:.1} ({:.1}–{:.1})", t.median(), t.min(), t.max());
-    // GFLOP/s, with the share of one CPU core's peak on CPU backends.
+    // GFLOP/s, with the share of one CPU core's peak and of the measured GEMM rate at the
+    // same thread count on CPU backends.
     let rate = |g: f64, t: &Timing| {
         let rate = g / (t.median() / 1e3);
         if r.gpu {
-            format!("{rate:.1}")
-        } else {
-            format!("{rate:.1} ({:.0}%)", 100.0 * rate / r.peak_gflops_per_core)
+            return format!("{rate:.1}");
+        }
+        let peak = 100.0 * rate / r.peak_gflops_per_core;
+        match r.gemm_gflops.get(&t.threads) {
+            Some(gemm) => format!("{rate:.1} ({peak:.0}%, {:.0}%)", 100.0 * rate / gemm),
+            None => format!("{rate:.1} ({peak:.0}%, —)"),
         }
     };
     let _ = writeln!(
         md,
-        "## Workloads\n\n| workload | threads | metalearn ms | GFLOP/s (% of 1-core peak) | PyTorch ms | ours / theirs | load |\n|---|---|---|---|---|---|---|"
+        "## Workloads\n\n| workload | threads | metalearn ms | GFLOP/s (% of 1-core peak, % of GEMM) | PyTorch ms | ours / theirs | load |\n|---|---|---|---|---|---|---|"
     );
     for t in ours.iter().filter(|t| !t.workload.starts_with("layers/")) {
         let flops = t.gflop.map_or("—".into(), |g| rate(g, t));
@@ -752,7 +763,7 @@ fn report(r: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "\n## Per layer (80 images, channel-major unless named)\n\n| layer | threads | metalearn ms | GFLOP/s (% peak) | PyTorch ms | ours / theirs |\n|---|---|---|---|---|---|"
+        "\n## Per layer (80 images, channel-major unless named)\n\n| layer | threads | metalearn ms | GFLOP/s (% of 1-core peak, % of GEMM) | PyTorch ms | ours / theirs |\n|---|---|---|---|---|---|"
     );
     for t in ours.iter().filter(|t| t.workload.starts_with("layers/")) {
         let flops = t.gflop.map_or("—".into(), |g| rate(g, t));
