@@ -109,9 +109,7 @@ fn cpu_peak() -> (String, f64) {
         && field("cpu family").as_deref() == Some("25");
     let lanes = if has("avx512f") && !zen4 {
         16.0
-    } else if has("avx512f") {
-        8.0
-    } else if has("avx2") {
+    } else if has("avx512f") || has("avx2") {
         8.0
     } else {
         4.0
