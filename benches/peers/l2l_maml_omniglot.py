@@ -22,46 +22,20 @@ Usage: PYTHON l2l_maml_omniglot.py --data DIR/omniglot --work TMPDIR [--model fc
 """
 import argparse
 import json
-import os
 import random
 import time
-import zipfile
 
+import l2l_omniglot_common as common
 import numpy as np
 import torch
 from torch import nn, optim
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--data", required=True, help="folder with images_background.zip, images_evaluation.zip")
-ap.add_argument("--work", required=True, help="scratch folder for the unpacked images")
+common.add_arguments(ap)
 ap.add_argument("--model", choices=["fc", "cnn"], default="fc")
-ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--minutes", type=float, default=60.0)
-ap.add_argument("--target", type=float, default=0.97)
 ap.add_argument("--window", type=int, default=25)
 args = ap.parse_args()
-torch.set_num_threads(args.threads)
-try:
-    torch.set_num_interop_threads(1)
-except RuntimeError:
-    pass
-
-import torchvision.datasets  # noqa: E402
-
-import learn2learn as l2l  # noqa: E402
-
-root = os.path.join(args.work, "omniglot-py")
-for name in ("images_background", "images_evaluation"):
-    if not os.path.isdir(os.path.join(root, name)):
-        os.makedirs(root, exist_ok=True)
-        with zipfile.ZipFile(os.path.join(args.data, name + ".zip")) as z:
-            z.extractall(root)
-torchvision.datasets.Omniglot._check_integrity = lambda self: True
-
-
-def accuracy(predictions, targets):
-    predictions = predictions.argmax(dim=1).view(targets.shape)
-    return (predictions == targets).sum().float() / targets.size(0)
+l2l = common.setup(args)
 
 
 def fast_adapt(batch, learner, loss, adaptation_steps, shots, ways):
@@ -76,7 +50,7 @@ def fast_adapt(batch, learner, loss, adaptation_steps, shots, ways):
         train_error = loss(learner(adaptation_data), adaptation_labels)
         learner.adapt(train_error)
     predictions = learner(evaluation_data)
-    return loss(predictions, evaluation_labels), accuracy(predictions, evaluation_labels)
+    return loss(predictions, evaluation_labels), common.accuracy(predictions, evaluation_labels)
 
 
 def main(ways=5, shots=1, meta_lr=0.003, fast_lr=0.5, meta_batch_size=32, adaptation_steps=1, seed=42):

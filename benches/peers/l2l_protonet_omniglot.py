@@ -23,21 +23,16 @@ Usage: PYTHON l2l_protonet_omniglot.py --data DIR/omniglot --work TMPDIR [--thre
 """
 import argparse
 import json
-import os
 import random
 import time
-import zipfile
 
+import l2l_omniglot_common as common
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--data", required=True, help="folder with images_background.zip, images_evaluation.zip")
-ap.add_argument("--work", required=True, help="scratch folder for the unpacked images")
-ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--minutes", type=float, default=60.0)
-ap.add_argument("--target", type=float, default=0.97)
+common.add_arguments(ap)
 ap.add_argument("--train-way", type=int, default=30)
 ap.add_argument("--shot", type=int, default=1)
 ap.add_argument("--train-query", type=int, default=15)
@@ -48,33 +43,12 @@ ap.add_argument("--episodes-per-epoch", type=int, default=100)
 ap.add_argument("--val-tasks", type=int, default=200)
 ap.add_argument("--seed", type=int, default=42)
 args = ap.parse_args()
-torch.set_num_threads(args.threads)
-try:
-    torch.set_num_interop_threads(1)
-except RuntimeError:
-    pass
-
-import torchvision.datasets  # noqa: E402
-
-import learn2learn as l2l  # noqa: E402
-
-root = os.path.join(args.work, "omniglot-py")
-for name in ("images_background", "images_evaluation"):
-    if not os.path.isdir(os.path.join(root, name)):
-        os.makedirs(root, exist_ok=True)
-        with zipfile.ZipFile(os.path.join(args.data, name + ".zip")) as z:
-            z.extractall(root)
-torchvision.datasets.Omniglot._check_integrity = lambda self: True
+l2l = common.setup(args)
 
 
 def pairwise_distances_logits(a, b):
     n, m = a.shape[0], b.shape[0]
     return -((a.unsqueeze(1).expand(n, m, -1) - b.unsqueeze(0).expand(n, m, -1)) ** 2).sum(dim=2)
-
-
-def accuracy(predictions, targets):
-    predictions = predictions.argmax(dim=1).view(targets.shape)
-    return (predictions == targets).sum().float() / targets.size(0)
 
 
 class Convnet(torch.nn.Module):
@@ -102,7 +76,7 @@ def fast_adapt(model, batch, ways, shot, query_num):
     query = embeddings[query_indices]
     labels = labels[query_indices].long()
     logits = pairwise_distances_logits(query, support)
-    return F.cross_entropy(logits, labels), accuracy(logits, labels)
+    return F.cross_entropy(logits, labels), common.accuracy(logits, labels)
 
 
 def main():
