@@ -766,8 +766,33 @@ pub fn check_same_experiment(
 /// Check `exp` against the run directory's `experiment.toml` (refusing a different one) or
 /// write it there for a new run. A change of only [`RESUMABLE_CHANGES`] is accepted and
 /// recorded: running the file again with a larger `budget.iterations` continues the run.
+///
+/// The stored file is read as this version reads experiment files, defaults filled in, so a
+/// run directory written before a learner gained a setting (absent there, its default here)
+/// still resumes; the file is then rewritten with every key.
 pub fn claim_run_dir(exp: &Experiment, dir: &Path) -> std::result::Result<(), crate::Error> {
-    claim(exp.resolved(), dir, "experiment.toml", &RESUMABLE_CHANGES)
+    let path = dir.join("experiment.toml");
+    if path.exists() {
+        check_same_experiment(exp, &path)?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        if toml::from_str::<Table>(&text).is_ok_and(|stored| &stored == exp.resolved()) {
+            return Ok(());
+        }
+    }
+    write_table(exp.resolved(), &path)
+}
+
+/// Write `table` to `path` (atomically).
+fn write_table(table: &Table, path: &Path) -> std::result::Result<(), crate::Error> {
+    let text = toml::to_string_pretty(table).map_err(|e| ConfigError::Syntax {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    metalearn_train::files::write_atomic(path, text.as_bytes())?;
+    Ok(())
 }
 
 /// Check a resolved `table` against `dir/name` (refusing a different one, naming the keys that
@@ -802,12 +827,7 @@ pub(crate) fn claim(
             return Ok(());
         }
     }
-    let text = toml::to_string_pretty(table).map_err(|e| ConfigError::Syntax {
-        file: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    metalearn_train::files::write_atomic(&path, text.as_bytes())?;
-    Ok(())
+    write_table(table, &path)
 }
 
 /// The experiment recorded in a run directory.

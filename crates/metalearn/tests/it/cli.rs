@@ -553,6 +553,27 @@ fn a_different_experiment_is_refused_for_an_existing_run_dir() {
         e.contains("(keys that differ: budget.patience, learner.inner_lr)"),
         "{e}"
     );
+    // A run directory written before a setting existed (the stored file lacks the key, whose
+    // default this version fills in) resumes, and the file is rewritten with the key.
+    let stored = dir.join("experiment.toml");
+    let mut old: Table = toml::from_str(&std::fs::read_to_string(&stored).unwrap()).unwrap();
+    let learner = old["learner"].as_table_mut().unwrap();
+    assert!(learner.remove("transductive").is_some());
+    std::fs::write(&stored, toml::to_string(&old).unwrap()).unwrap();
+    claim_run_dir(&longer, &dir).unwrap();
+    let rewritten: Table = toml::from_str(&std::fs::read_to_string(&stored).unwrap()).unwrap();
+    assert_eq!(&rewritten, longer.resolved());
+    // The same file with another value of that key is still refused.
+    let e = claim_run_dir(
+        &with(&[
+            ("budget", "iterations", Value::Integer(123_456)),
+            ("learner", "transductive", Value::Boolean(false)),
+        ]),
+        &dir,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("learner.transductive"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
