@@ -323,9 +323,10 @@ macro_rules! adaptation_methods {
 }
 pub use crate::adaptation_methods;
 
-/// Adam in the inner loop (Kingma & Ba 2015), with fresh moment estimates for every adaptation
-/// (every task): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
-/// `φ ← φ − lr · m̂ / (√v̂ + ε)` with bias-corrected `m̂`, `v̂`.
+/// Adam in the inner loop (Kingma & Ba 2015): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `φ ← φ − lr · m̂ / (√v̂ + ε)` with bias-corrected `m̂`, `v̂`. A new one starts with zero
+/// moments; a clone carries the moments and step counts on (Reptile's `carry_adam`).
+#[derive(Clone)]
 pub struct InnerAdam<B: Backend> {
     lr: f64,
     beta1: f64,
@@ -349,6 +350,66 @@ impl<B: Backend> InnerAdam<B> {
             m: Vec::new(),
             v: Vec::new(),
         }
+    }
+}
+
+/// [`InnerAdam`]'s moments and step counts, as a checkpoint stores them.
+#[derive(burn::record::Record)]
+struct InnerAdamRecord<B: Backend> {
+    t: Vec<i64>,
+    m: Vec<Option<Tensor<B, 1>>>,
+    v: Vec<Option<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> InnerAdam<B> {
+    /// The moments and step counts as bytes (a checkpoint part). With `β₁ = 0` the first moment
+    /// is the last gradient, which the next step overwrites, so it is left out.
+    pub fn state_to_bytes(&self) -> metalearn_core::Result<Vec<u8>> {
+        let m = if self.beta1 == 0.0 {
+            vec![None; self.m.len()]
+        } else {
+            self.m.clone()
+        };
+        metalearn_core::checkpoint::record_to_bytes::<B, _>(InnerAdamRecord {
+            t: self.t.iter().map(|&t| i64::from(t)).collect(),
+            m,
+            v: self.v.clone(),
+        })
+    }
+
+    /// The same rule with the moments and step counts of [`state_to_bytes`](Self::state_to_bytes)
+    /// (a corrupt or inconsistent state is an error).
+    pub fn with_state_bytes(
+        mut self,
+        bytes: &[u8],
+        device: &B::Device,
+    ) -> metalearn_core::Result<Self> {
+        let r: InnerAdamRecord<B> =
+            metalearn_core::checkpoint::record_from_bytes::<B, _>(bytes, device)?;
+        if r.m.len() != r.t.len() || r.v.len() != r.t.len() {
+            return Err(Error::corrupt(
+                "inner Adam state",
+                format!(
+                    "{} step counts, {} first and {} second moments",
+                    r.t.len(),
+                    r.m.len(),
+                    r.v.len()
+                ),
+            ));
+        }
+        self.t =
+            r.t.iter()
+                .map(|&t| {
+                    i32::try_from(t).map_err(|e| Error::corrupt("inner Adam state", e.to_string()))
+                })
+                .collect::<metalearn_core::Result<_>>()?;
+        (self.m, self.v) = (r.m, r.v);
+        Ok(self)
+    }
+
+    /// Adam steps taken so far on tensor `i` (0 before the first).
+    pub fn steps(&self, i: usize) -> usize {
+        self.t.get(i).map_or(0, |&t| t as usize)
     }
 }
 

@@ -32,16 +32,21 @@ use metalearn_core::params;
 /// | `inner_adam` | false | Adam instead of SGD in the inner loop (training and test-time adaptation) | — |
 /// | `adam_beta1` | 0.0 | Adam's β₁ (Nichol et al.: 0) | [0, 1) |
 /// | `adam_beta2` | 0.999 | Adam's β₂ | [0, 1) |
+/// | `carry_adam` | false | carry the inner Adam's moments from task to task, as the reference implementation (needs `inner_adam`) | — |
 /// | `transductive` | true | evaluate the query batch in one forward pass (false: each query example with the support set, Nichol et al.'s protocol) | — |
 /// | `inner_batch` | 0 | examples per inner step during meta-training (0: all of the task's; Nichol et al.: 10) | — |
 /// | `seed` | 0 | seed of the inner minibatches' order (with the iteration and the task's place in the meta-batch) | — |
 ///
 /// Nichol et al. use Adam (β₁ = 0) with learning rate 0.001 in the inner loop
 /// ([`ReptileConfig::nichol_omniglot`]); the default here is plain SGD, for which 0.1 works well
-/// on Omniglot. Adam's moments start from zero for every task (the reference implementation
-/// carries the second moment across tasks; resetting it keeps tasks independent, so a
-/// meta-batch runs in parallel and reproducibly). Their reported Omniglot numbers are
-/// non-transductive: set `transductive = false` to compare.
+/// on Omniglot. By default Adam's moments start from zero for every task, which keeps tasks
+/// independent, so a meta-batch runs on parallel lanes. The reference implementation instead
+/// keeps one Adam for the whole run: `carry_adam = true` does the same — the tasks of a
+/// meta-batch adapt one after another, in order, each continuing the moments (and step counts)
+/// the previous one left, and every test-time adaptation starts from the moments training
+/// reached (without changing them). The moments are then part of the learner's state (its
+/// checkpoints and best model). Their reported Omniglot numbers are non-transductive: set
+/// `transductive = false` to compare.
 #[derive(Config, Debug)]
 pub struct ReptileConfig {
     /// Inner SGD step size.
@@ -71,6 +76,10 @@ pub struct ReptileConfig {
     /// Adam's β₂.
     #[config(default = 0.999)]
     pub adam_beta2: f64,
+    /// Carry the inner Adam's moments from task to task (the reference implementation's one
+    /// Adam for the whole run); the tasks of a meta-batch then adapt in order, one at a time.
+    #[config(default = false)]
+    pub carry_adam: bool,
     /// Evaluate the query batch in one forward pass (`false`: each query example with the
     /// support set).
     #[config(default = true)]
@@ -128,6 +137,12 @@ impl ReptileConfig {
                 ));
             }
         }
+        if self.carry_adam && !self.inner_adam {
+            return Err(Error::config(
+                "carry_adam",
+                "carries the inner Adam's moments, so it needs inner_adam = true",
+            ));
+        }
         if !(self.epsilon > 0.0 && self.epsilon <= 1.0) {
             return Err(Error::config(
                 "epsilon",
@@ -145,6 +160,8 @@ pub struct Reptile<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     device: B::Device,
     pool: TaskPool,
     iterations: usize,
+    /// The inner Adam carried from task to task (`carry_adam`).
+    carried: Option<InnerAdam<B>>,
 }
 
 impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> std::fmt::Debug for Reptile<B, M, D> {
@@ -163,6 +180,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
         Ok(Self {
             model: params::require_grad(model),
             pool: TaskPool::new(config.threads),
+            carried: config.carry_adam.then(|| fresh_adam(&config)),
             config,
             device,
             iterations: 0,
@@ -184,16 +202,30 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
         }
     }
 
-    /// A fresh inner-loop rule (Adam moments start at zero for every task).
+    /// The inner-loop rule a task starts with: SGD, Adam with zero moments, or (`carry_adam`)
+    /// Adam with the carried moments.
     fn rule(&self) -> Rule<B> {
         let c = &self.config;
-        if c.inner_adam {
-            Rule::Adam(InnerAdam::new(c.inner_lr, c.adam_beta1, c.adam_beta2, 1e-8))
-        } else {
-            Rule::Sgd(Sizes::Uniform(c.inner_lr))
+        match &self.carried {
+            Some(adam) => Rule::Adam(adam.clone()),
+            None if c.inner_adam => Rule::Adam(fresh_adam(c)),
+            None => Rule::Sgd(Sizes::Uniform(c.inner_lr)),
         }
     }
+
+    /// The inner Adam carried from task to task (`carry_adam`), if any.
+    pub fn carried_adam(&self) -> Option<&InnerAdam<B>> {
+        self.carried.as_ref()
+    }
 }
+
+/// Inner Adam with zero moments.
+fn fresh_adam<B: Backend>(c: &ReptileConfig) -> InnerAdam<B> {
+    InnerAdam::new(c.inner_lr, c.adam_beta1, c.adam_beta2, 1e-8)
+}
+
+/// The checkpoint part holding the carried inner Adam.
+const CARRIED_ADAM: &str = "inner_adam";
 
 impl_inner_adapt!(Reptile, Rule<B>, rule);
 
@@ -204,19 +236,16 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         metalearn_core::episode::check_meta_batch(episodes)?;
         let theta = self.model.valid();
         let (steps, device) = (self.config.inner_steps, &self.device);
-        let jobs: Vec<_> = episodes
-            .iter()
-            .map(|e| (theta.clone(), e, self.rule()))
-            .collect();
         let (batch, iteration) = (self.config.inner_batch, self.iterations as u64);
         let order = metalearn_core::SeedStream::new(self.config.seed)
             .named("reptile inner batches")
             .child(iteration);
-        let parts = self.pool.map(jobs, |j, (theta, ep, mut rule)| {
+        // Task `j` of the meta-batch from θ with `rule`.
+        let task = |j: usize, theta: M::InnerModule, ep: &EpisodeData, rule: &mut Rule<B>| {
             // Reptile trains on all of a meta-training task's examples.
             let ep = ep.all_as_support()?;
             let phi = if batch == 0 || batch >= ep.support.len() {
-                adapt::<B, M, D>(theta, &ep, steps, rule, device)?
+                adapt::<B, M, D>(theta, &ep, steps, &mut *rule, device)?
             } else {
                 let rows = minibatches(ep.support.len(), batch, steps, order.child(j as u64));
                 let mut phi = theta;
@@ -226,13 +255,43 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
                         support: ep.support.select(&r)?,
                         query: ep.query.select(&r)?,
                     };
-                    phi = adapt::<B, M, D>(phi, &step, 1, &mut rule, device)?;
+                    phi = adapt::<B, M, D>(phi, &step, 1, &mut *rule, device)?;
                 }
                 phi
             };
             let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, &ep, true, device)?;
             Ok((phi, loss, acc))
-        })?;
+        };
+        let parts = if let Some(adam) = &self.carried {
+            // One Adam through the meta-batch: the tasks in order, on one lane.
+            let start = (theta.clone(), Rule::Adam(adam.clone()));
+            let (parts, rule) = self
+                .pool
+                .map(vec![start], |_, (theta, mut rule)| {
+                    let parts = episodes
+                        .iter()
+                        .enumerate()
+                        .map(|(j, ep)| task(j, theta.clone(), ep, &mut rule))
+                        .collect::<metalearn_core::Result<Vec<_>>>()?;
+                    Ok((parts, rule))
+                })?
+                .pop()
+                .ok_or_else(|| {
+                    Error::ThreadPool("the carried-Adam job returned no result".into())
+                })?;
+            if let Rule::Adam(adam) = rule {
+                self.carried = Some(adam);
+            }
+            parts
+        } else {
+            let jobs: Vec<_> = episodes
+                .iter()
+                .map(|e| (theta.clone(), e, self.rule()))
+                .collect();
+            self.pool.map(jobs, |j, (theta, ep, mut rule)| {
+                task(j, theta, ep, &mut rule)
+            })?
+        };
         let mut phis = Vec::with_capacity(parts.len());
         let (mut loss, mut acc, mut n_acc) = (0.0, 0.0, 0usize);
         for (phi, l, a) in parts {
@@ -306,19 +365,32 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Checkpoint for Reptile<
     }
 
     /// The model and the iteration counter (ε's annealing is a function of it; Reptile has no
-    /// outer optimiser, and its inner Adam starts fresh on every task).
+    /// outer optimiser), and with `carry_adam` the carried inner Adam (kept in the best model
+    /// too: test-time adaptation starts from it).
     fn state(&self) -> metalearn_core::Result<LearnerState> {
-        put_module::<B, M>(
+        let state = put_module::<B, M>(
             LearnerState::new(self.learner_name(), self.iterations),
             "model",
             &self.model,
-        )
+        )?;
+        Ok(match &self.carried {
+            Some(adam) => state.with_part(CARRIED_ADAM, adam.state_to_bytes()?),
+            None => state,
+        })
     }
 
+    /// A state without a carried Adam (saved without `carry_adam`) starts one with zero moments.
     fn load_state(&mut self, state: &LearnerState) -> metalearn_core::Result<()> {
         state.expect_learner(self.learner_name())?;
         self.model = take_module::<B, M>(state, "model", &self.model, &self.device)?;
         self.iterations = state.iterations;
+        if self.carried.is_some() {
+            let fresh = fresh_adam(&self.config);
+            self.carried = Some(match state.parts.get(CARRIED_ADAM) {
+                Some(bytes) => fresh.with_state_bytes(bytes, &self.device)?,
+                None => fresh,
+            });
+        }
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use metalearn_core::episode::{EpisodeData, HostBatch, TaskKind};
 use metalearn_core::learner::MetaLearner;
 use metalearn_update::{
     DistillConfig, EpisodicDistiller, FineTune, FineTuneConfig, MamlConfig, MamlPlusPlus,
-    MamlPlusPlusConfig, MetaSgd, ProtoNet, ProtoNetConfig,
+    MamlPlusPlusConfig, MetaSgd, ProtoNet, ProtoNetConfig, Reptile, ReptileConfig,
 };
 use metalearn_zoo::{Conv4, Conv4Config};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -102,6 +102,19 @@ fn every_learner_resumes_exactly_from_its_state() {
         ProtoNet::<B, _, 4>::new(c, conv4(1), d()).unwrap()
     });
     resumes_exactly(|| FineTune::<B, _, 4>::new(FineTuneConfig::new(), conv4(1), d()).unwrap());
+    // Reptile's inner Adam carried from task to task: its moments are part of the state.
+    for carry in [false, true] {
+        resumes_exactly(|| {
+            let c = ReptileConfig::new()
+                .with_inner_adam(true)
+                .with_inner_lr(0.01)
+                .with_inner_steps(2)
+                .with_anneal_to(10)
+                .with_threads(1)
+                .with_carry_adam(carry);
+            Reptile::<B, _, 4>::new(c, conv4(1), d()).unwrap()
+        });
+    }
     resumes_exactly(|| {
         let teacher = conv4(9).valid();
         EpisodicDistiller::<B, _, _, 4>::new(DistillConfig::new(), conv4(1), teacher, 2, d())

@@ -177,6 +177,78 @@ fn reptile_with_inner_adam_lowers_post_adaptation_mse() {
     assert!(after < 0.6 * before, "MSE {before} -> {after}");
 }
 
+/// `carry_adam`: one inner Adam through the run, as Nichol et al.'s implementation — the tasks
+/// of a meta-batch continue each other's moments, test-time adaptation starts from them and
+/// leaves them unchanged, and training still lowers the post-adaptation error.
+#[test]
+fn reptile_carries_its_inner_adam_from_task_to_task() {
+    let device = Default::default();
+    let make = |carry: bool| {
+        let model = MlpConfig::new(vec![1, 40, 40, 1])
+            .init::<Autodiff<B>>(1, &device)
+            .unwrap();
+        let cfg = ReptileConfig::new()
+            .with_inner_adam(true)
+            .with_inner_lr(0.01)
+            .with_inner_steps(5)
+            .with_meta_batch_size(5)
+            .with_carry_adam(carry);
+        Reptile::<B, Mlp<Autodiff<B>>, 2>::new(cfg, model, device).unwrap()
+    };
+    let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
+    let batch: Vec<_> = (0..5).map(|s| tasks.sample(s).unwrap()).collect();
+    let (mut carried, mut fresh) = (make(true), make(false));
+    assert!(fresh.carried_adam().is_none());
+    assert_eq!(carried.carried_adam().unwrap().steps(0), 0);
+    carried.meta_step(&batch).unwrap();
+    fresh.meta_step(&batch).unwrap();
+    // 5 tasks × 5 steps on one Adam.
+    assert_eq!(carried.carried_adam().unwrap().steps(0), 25);
+    assert_ne!(
+        metalearn_core::params::to_vec(carried.model()),
+        metalearn_core::params::to_vec(fresh.model()),
+        "carried moments change the inner steps"
+    );
+    let ep = tasks.sample(99).unwrap();
+    let curve = carried.adaptation_curve(&ep, 5).unwrap();
+    assert_eq!(curve, carried.adaptation_curve(&ep, 5).unwrap());
+    assert_eq!(
+        carried.carried_adam().unwrap().steps(0),
+        25,
+        "test time changes nothing"
+    );
+    let mse = |r: &Reptile<B, Mlp<Autodiff<B>>, 2>| {
+        (0..40)
+            .map(|i| {
+                let ep = tasks.sample(SeedStream::new(999).child(i).seed()).unwrap();
+                r.adaptation_curve(&ep, 10).unwrap()[10].loss
+            })
+            .sum::<f64>()
+            / 40.0
+    };
+    let before = mse(&carried);
+    carried
+        .meta_train(&tasks, 400, SeedStream::new(2), &mut |_| true)
+        .unwrap();
+    let after = mse(&carried);
+    eprintln!("Reptile (carried inner Adam): MSE after 10 steps {before:.3} -> {after:.3}");
+    assert!(after < 0.6 * before, "MSE {before} -> {after}");
+    // Without an inner Adam there is nothing to carry.
+    let model = MlpConfig::new(vec![1, 4, 1])
+        .init::<Autodiff<B>>(0, &device)
+        .unwrap();
+    match Reptile::<B, Mlp<Autodiff<B>>, 2>::new(
+        ReptileConfig::new().with_carry_adam(true),
+        model,
+        device,
+    ) {
+        Err(metalearn_update::Error::Core(Error::InvalidConfig { field, .. })) => {
+            assert_eq!(field, "carry_adam")
+        }
+        other => panic!("expected InvalidConfig(carry_adam), got {other:?}"),
+    }
+}
+
 #[test]
 fn adam_betas_are_validated() {
     let device = Default::default();
