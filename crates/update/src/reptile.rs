@@ -96,13 +96,14 @@ pub struct ReptileConfig {
 }
 
 impl ReptileConfig {
-    /// Nichol et al.'s (2018) Omniglot settings: inner Adam (lr 0.001, β₁ = 0), 5 inner steps,
-    /// meta-batch 5, ε = 1 annealed linearly to 0 over `iterations` (the paper: 100,000),
-    /// non-transductive evaluation.
+    /// Nichol et al.'s (2018) Omniglot settings: inner Adam (lr 0.001, β₁ = 0) carried through
+    /// the run as their implementation, 5 inner steps, meta-batch 5, ε = 1 annealed linearly to
+    /// 0 over `iterations` (the paper: 100,000), non-transductive evaluation.
     pub fn nichol_omniglot(iterations: usize) -> Self {
         Self::new()
             .with_inner_lr(1e-3)
             .with_inner_adam(true)
+            .with_carry_adam(true)
             .with_anneal_to(iterations)
             .with_transductive(false)
     }
