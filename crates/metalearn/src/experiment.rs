@@ -963,7 +963,7 @@ fn parse_task(cx: &Ctx<'_>, t: Option<&Table>) -> Result<(TaskSpec, Table, usize
                 queries: usize_key(cx, t, "task", "queries", Some(15))?,
             };
             let (o, mut table): (Omni, _) = cx.overlay("task", &base, Some(t), &["source"])?;
-            let episode = episode_shape(cx, o.ways, o.shots, o.queries)?;
+            let episode = episode_shape(cx, "task", o.ways, o.shots, o.queries)?;
             if o.image_size == 0 {
                 return Err(cx.key("task.image_size", "must be at least 1"));
             }
@@ -1051,11 +1051,7 @@ fn parse_validation(
         queries: episode.query,
     };
     let (v, table): (Shape, _) = cx.overlay("validation", &base, Some(t), &[])?;
-    for (k, n) in [("ways", v.ways), ("shots", v.shots), ("queries", v.queries)] {
-        if n == 0 {
-            return Err(cx.key(format!("validation.{k}"), "must be at least 1"));
-        }
-    }
+    let shape = episode_shape(cx, "validation", v.ways, v.shots, v.queries)?;
     if v.ways != episode.ways && learner.head_is_task_ways() {
         return Err(cx.key(
             "validation.ways",
@@ -1066,25 +1062,24 @@ fn parse_validation(
             ),
         ));
     }
-    let shape = NWayKShotConfig::new(v.ways, v.shots, v.queries);
-    cx.checked("validation", shape.validate())?;
     Ok((shape, table))
 }
 
-/// The training episodes' shape, checked.
+/// An episode shape from `section` (`task`: training episodes, `validation`), checked.
 fn episode_shape(
     cx: &Ctx<'_>,
+    section: &str,
     ways: usize,
     shots: usize,
     queries: usize,
 ) -> Result<NWayKShotConfig> {
     for (k, v) in [("ways", ways), ("shots", shots), ("queries", queries)] {
         if v == 0 {
-            return Err(cx.key(format!("task.{k}"), "must be at least 1"));
+            return Err(cx.key(format!("{section}.{k}"), "must be at least 1"));
         }
     }
     let episode = NWayKShotConfig::new(ways, shots, queries);
-    cx.checked("task", episode.validate())?;
+    cx.checked(section, episode.validate())?;
     Ok(episode)
 }
 
@@ -1125,7 +1120,7 @@ fn parse_folder(cx: &Ctx<'_>, t: &Table) -> Result<(TaskSpec, Table, usize)> {
         queries: usize_key(cx, t, "task", "queries", Some(15))?,
     };
     let (f, mut table): (Folder, _) = cx.overlay("task", &base, Some(t), &["source"])?;
-    let episode = episode_shape(cx, f.ways, f.shots, f.queries)?;
+    let episode = episode_shape(cx, "task", f.ways, f.shots, f.queries)?;
     if f.image_size == 0 {
         return Err(cx.key("task.image_size", "must be at least 1"));
     }

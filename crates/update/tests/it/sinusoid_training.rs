@@ -11,12 +11,12 @@ use metalearn_tasks::{Sinusoid, SinusoidConfig};
 use metalearn_update::{BatchedMaml, Maml, MamlConfig, Reptile, ReptileConfig};
 use metalearn_zoo::{Mlp, MlpConfig};
 
-fn post_adaptation_mse<L: MetaLearner<2>>(learner: &L, tasks: &Sinusoid) -> f64 {
+fn post_adaptation_mse<L: MetaLearner<2>>(learner: &L, tasks: &Sinusoid, steps: usize) -> f64 {
     let n = 40;
     (0..n)
         .map(|i| {
             let ep = tasks.sample(SeedStream::new(999).child(i).seed()).unwrap();
-            learner.adaptation_curve(&ep, 1).unwrap()[1].loss
+            learner.adaptation_curve(&ep, steps).unwrap()[steps].loss
         })
         .sum::<f64>()
         / n as f64
@@ -33,11 +33,11 @@ fn train(second_order: bool, iterations: usize) -> (Vec<f64>, f64, f64) {
         .with_second_order(second_order);
     let mut maml = BatchedMaml::new(cfg, model, device).unwrap();
     let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
-    let before = post_adaptation_mse(&maml, &tasks);
+    let before = post_adaptation_mse(&maml, &tasks, 1);
     let hist = maml
         .meta_train(&tasks, iterations, SeedStream::new(5), &mut |_| true)
         .unwrap();
-    let after = post_adaptation_mse(&maml, &tasks);
+    let after = post_adaptation_mse(&maml, &tasks, 1);
     (hist.iter().map(|s| s.meta_loss).collect(), before, after)
 }
 
@@ -77,14 +77,14 @@ fn per_task_path_trains_too_and_is_thread_count_independent() {
             .with_outer_lr(3e-3)
             .with_threads(threads);
         let mut m: Maml<B, Mlp<Autodiff<B>>, 2> = Maml::new(cfg, model, device).unwrap();
-        let before = post_adaptation_mse(&m, &tasks);
+        let before = post_adaptation_mse(&m, &tasks, 1);
         let losses = m
             .meta_train(&tasks, iterations, SeedStream::new(3), &mut |_| true)
             .unwrap()
             .iter()
             .map(|s| s.meta_loss)
             .collect::<Vec<_>>();
-        (losses, before, post_adaptation_mse(&m, &tasks))
+        (losses, before, post_adaptation_mse(&m, &tasks, 1))
     };
     assert_eq!(run(1, 5), run(2, 5));
     // And it trains: the held-out post-adaptation MSE falls well below its start.
@@ -159,15 +159,7 @@ fn reptile_with_inner_adam_lowers_post_adaptation_mse() {
         .with_meta_batch_size(5);
     let mut reptile: Reptile<B, Mlp<Autodiff<B>>, 2> = Reptile::new(cfg, model, device).unwrap();
     let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
-    let mse = |r: &Reptile<B, Mlp<Autodiff<B>>, 2>| {
-        (0..40)
-            .map(|i| {
-                let ep = tasks.sample(SeedStream::new(999).child(i).seed()).unwrap();
-                r.adaptation_curve(&ep, 10).unwrap()[10].loss
-            })
-            .sum::<f64>()
-            / 40.0
-    };
+    let mse = |r: &Reptile<B, Mlp<Autodiff<B>>, 2>| post_adaptation_mse(r, &tasks, 10);
     let before = mse(&reptile);
     reptile
         .meta_train(&tasks, 400, SeedStream::new(2), &mut |_| true)
@@ -217,15 +209,7 @@ fn reptile_carries_its_inner_adam_from_task_to_task() {
         25,
         "test time changes nothing"
     );
-    let mse = |r: &Reptile<B, Mlp<Autodiff<B>>, 2>| {
-        (0..40)
-            .map(|i| {
-                let ep = tasks.sample(SeedStream::new(999).child(i).seed()).unwrap();
-                r.adaptation_curve(&ep, 10).unwrap()[10].loss
-            })
-            .sum::<f64>()
-            / 40.0
-    };
+    let mse = |r: &Reptile<B, Mlp<Autodiff<B>>, 2>| post_adaptation_mse(r, &tasks, 10);
     let before = mse(&carried);
     carried
         .meta_train(&tasks, 400, SeedStream::new(2), &mut |_| true)
