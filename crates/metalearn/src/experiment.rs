@@ -294,6 +294,32 @@ impl LearnerSpec {
             Self::ProtoNet(_) | Self::FineTune { .. } | Self::Distill { .. }
         )
     }
+
+    /// Whether query examples are classified together, in one batch (`true`), or each with
+    /// the support set alone (`false`, Nichol et al.'s non-transductive protocol).
+    pub fn transductive(&self) -> bool {
+        match self {
+            Self::Maml(c) | Self::MetaSgd(c) => c.transductive,
+            Self::MamlPlusPlus(c) => c.transductive,
+            Self::Reptile(c) => c.transductive,
+            Self::ProtoNet(c) => c.transductive,
+            Self::FineTune { config, .. } => config.transductive,
+            Self::Distill { config, .. } => config.transductive,
+        }
+    }
+
+    /// Set [`transductive`](Self::transductive): training is unchanged (it only decides how
+    /// query examples are scored), so a model trained one way can be evaluated the other.
+    pub fn set_transductive(&mut self, on: bool) {
+        match self {
+            Self::Maml(c) | Self::MetaSgd(c) => c.transductive = on,
+            Self::MamlPlusPlus(c) => c.transductive = on,
+            Self::Reptile(c) => c.transductive = on,
+            Self::ProtoNet(c) => c.transductive = on,
+            Self::FineTune { config, .. } => config.transductive = on,
+            Self::Distill { config, .. } => config.transductive = on,
+        }
+    }
 }
 
 /// The test protocol.

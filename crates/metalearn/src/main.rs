@@ -68,6 +68,11 @@ enum Command {
         /// (compares any learner's features, as Chen et al. 2019 do).
         #[arg(long)]
         transfer: bool,
+        /// `false`: classify each query image with the support set alone (batch-norm
+        /// statistics of the support set and that image: Nichol et al.'s non-transductive
+        /// protocol); `true`: all query images in one batch. Default: as the experiment says.
+        #[arg(long)]
+        transductive: Option<bool>,
         /// Print JSON instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -171,6 +176,7 @@ fn run(cli: Cli) -> metalearn::Result<()> {
             steps,
             curve,
             transfer,
+            transductive,
             json,
         } => {
             let r = eval(
@@ -182,6 +188,7 @@ fn run(cli: Cli) -> metalearn::Result<()> {
                     steps,
                     curve,
                     transfer,
+                    transductive,
                 },
             )?;
             if json {

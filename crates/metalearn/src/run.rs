@@ -310,7 +310,7 @@ fn transfer_learner<B: Backend>(exp: &Experiment, dir: &Path) -> Result<Box<dyn 
         ModelSpec::Conv4(c) => {
             let body = best_model::<B, _>(c.init::<Autodiff<B>>(0, &device)?, dir, &device)?;
             Ok(DynLearner::<_, 4>::boxed(Transfer::new(
-                TransferConfig::new(),
+                TransferConfig::new().with_transductive(exp.learner.transductive()),
                 body,
                 device,
             )?))
@@ -357,6 +357,10 @@ pub struct EvalOverrides {
     /// on each support set (Adam, `steps` steps, default 100) on the frozen trained body — the
     /// linear-probe protocol of Chen et al. (2019), which compares any learner's features.
     pub transfer: bool,
+    /// Score the query examples together (`Some(true)`) or each with the support set alone
+    /// (`Some(false)`: Nichol et al.'s non-transductive protocol) instead of as the experiment
+    /// says.
+    pub transductive: Option<bool>,
 }
 
 /// The test metrics after a number of adaptation steps (one point of the steps curve).
@@ -405,10 +409,19 @@ pub struct EvalReport {
     /// adaptation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transfer: bool,
+    /// Query examples scored together, in one batch (`false`: each with the support set
+    /// alone, Nichol et al.'s non-transductive protocol). Reports written before this field
+    /// existed were all transductive.
+    #[serde(default = "transductive_default")]
+    pub transductive: bool,
     /// The steps curve (with `--curve`; empty otherwise): the same episodes scored after
     /// 0, 1, …, `steps` adaptation steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub curve: Vec<CurvePoint>,
+}
+
+fn transductive_default() -> bool {
+    true
 }
 
 /// Evaluate the best model of the run in `dir` on the meta-test tasks (episodes drawn from the
@@ -427,6 +440,9 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
         return Err(Error::Usage(
             "--episodes, --ways and --shots must be at least 1".into(),
         ));
+    }
+    if let Some(on) = overrides.transductive {
+        exp.learner.set_transductive(on);
     }
     let tasks = tasks(&exp)?;
     let mut learner = with_backend!(exp.backend, B => learner::<B>(&exp))?;
@@ -466,6 +482,7 @@ pub fn eval(dir: &Path, overrides: EvalOverrides) -> Result<EvalReport> {
         loss: p.loss.mean,
         loss_ci95: p.loss.ci95,
         transfer: overrides.transfer,
+        transductive: exp.learner.transductive(),
         curve: if overrides.curve {
             curve
                 .points
@@ -512,9 +529,14 @@ impl EvalReport {
         } else {
             "adaptation steps"
         };
+        let protocol = if self.transductive {
+            ""
+        } else {
+            ", non-transductive"
+        };
         format!(
-            "{}: {score} ({}-way {}-shot, {} queries, {} episodes, {} {how}; model of \
-             iteration {})",
+            "{}: {score} ({}-way {}-shot, {} queries, {} episodes, {} {how}{protocol}; model \
+             of iteration {})",
             self.experiment,
             self.ways,
             self.shots,

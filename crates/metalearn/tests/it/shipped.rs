@@ -143,3 +143,36 @@ fn a_shipped_body_transfers_to_new_characters_with_a_new_head() {
         "5-way 1-shot by a linear probe on ProtoNet features: {a}"
     );
 }
+
+/// `metalearn eval --transductive false` scores each query image with the support set alone
+/// (Nichol et al.'s protocol) on the same episodes: the report says so, the numbers differ
+/// from the transductive ones (other batch-norm statistics), and a shipped model still
+/// classifies far above chance (20%).
+#[test]
+fn a_shipped_model_is_evaluated_non_transductively_on_request() {
+    if std::env::var_os("METALEARN_DATA").is_none() {
+        eprintln!("\n!!!!! SKIPPED: METALEARN_DATA is not set; nothing evaluated !!!!!\n");
+        return;
+    }
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/omniglot/protonet-5way-1shot");
+    let measure = |transductive| {
+        eval(
+            &dir,
+            EvalOverrides {
+                episodes: Some(10),
+                transductive,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let (default, batch, alone) = (measure(None), measure(Some(true)), measure(Some(false)));
+    assert!(default.transductive && batch.transductive && !alone.transductive);
+    assert_eq!(default.loss, batch.loss, "the experiment's protocol is transductive");
+    assert!(!default.line().contains("non-transductive"));
+    assert!(alone.line().contains("non-transductive"), "{}", alone.line());
+    assert_ne!(alone.loss, batch.loss, "one query at a time changes the statistics");
+    let a = alone.accuracy.unwrap();
+    assert!(a > 0.8, "5-way 1-shot, non-transductive: {a}");
+}
