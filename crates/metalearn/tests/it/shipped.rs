@@ -169,10 +169,20 @@ fn a_shipped_model_is_evaluated_non_transductively_on_request() {
     };
     let (default, batch, alone) = (measure(None), measure(Some(true)), measure(Some(false)));
     assert!(default.transductive && batch.transductive && !alone.transductive);
-    assert_eq!(default.loss, batch.loss, "the experiment's protocol is transductive");
+    assert_eq!(
+        default.loss, batch.loss,
+        "the experiment's protocol is transductive"
+    );
     assert!(!default.line().contains("non-transductive"));
-    assert!(alone.line().contains("non-transductive"), "{}", alone.line());
-    assert_ne!(alone.loss, batch.loss, "one query at a time changes the statistics");
+    assert!(
+        alone.line().contains("non-transductive"),
+        "{}",
+        alone.line()
+    );
+    assert_ne!(
+        alone.loss, batch.loss,
+        "one query at a time changes the statistics"
+    );
     let a = alone.accuracy.unwrap();
     assert!(a > 0.8, "5-way 1-shot, non-transductive: {a}");
 }
