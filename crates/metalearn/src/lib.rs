@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! metalearn train EXPERIMENT.toml --run-dir DIR [--backend flex|ndarray|wgpu]
-//! metalearn eval --run-dir DIR [--episodes 600] [--ways N] [--shots K] [--steps S] [--curve] [--json]
+//! metalearn eval --run-dir DIR [--episodes 600] [--ways N] [--shots K] [--steps S] [--curve]
+//!                [--transfer] [--transductive true|false] [--json]
 //! metalearn adapt --run-dir DIR --support FOLDER --query FOLDER [--steps S] [--json]
 //! metalearn search SEARCH.toml --run-dir DIR
 //! ```
