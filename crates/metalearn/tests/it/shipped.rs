@@ -112,17 +112,24 @@ fn shipped_models_load_and_reproduce_their_accuracy() {
     }
 }
 
+/// The shipped 5-way 1-shot ProtoNet, or `None` (skipped loudly, saying `what` is lost) when
+/// `METALEARN_DATA` is not set.
+fn shipped_protonet(what: &str) -> Option<PathBuf> {
+    if std::env::var_os("METALEARN_DATA").is_none() {
+        eprintln!("\n!!!!! SKIPPED: METALEARN_DATA is not set; {what} !!!!!\n");
+        return None;
+    }
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/omniglot/protonet-5way-1shot"))
+}
+
 /// `metalearn eval --transfer`: a new linear head fitted on each support set with the shipped
 /// ProtoNet's body frozen (Chen et al.'s linear probe) classifies far above chance (20%), and
 /// the report says it was scored that way.
 #[test]
 fn a_shipped_body_transfers_to_new_characters_with_a_new_head() {
-    if std::env::var_os("METALEARN_DATA").is_none() {
-        eprintln!("\n!!!!! SKIPPED: METALEARN_DATA is not set; transfer not evaluated !!!!!\n");
+    let Some(dir) = shipped_protonet("transfer not evaluated") else {
         return;
-    }
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/omniglot/protonet-5way-1shot");
+    };
     let r = eval(
         &dir,
         EvalOverrides {
@@ -150,12 +157,9 @@ fn a_shipped_body_transfers_to_new_characters_with_a_new_head() {
 /// classifies far above chance (20%).
 #[test]
 fn a_shipped_model_is_evaluated_non_transductively_on_request() {
-    if std::env::var_os("METALEARN_DATA").is_none() {
-        eprintln!("\n!!!!! SKIPPED: METALEARN_DATA is not set; nothing evaluated !!!!!\n");
+    let Some(dir) = shipped_protonet("nothing evaluated") else {
         return;
-    }
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/omniglot/protonet-5way-1shot");
+    };
     let measure = |transductive| {
         eval(
             &dir,
