@@ -3,6 +3,9 @@
 //! ```toml
 //! seed = 1
 //! backend = "flex"            # flex | ndarray | wgpu (`--backend` overrides it)
+//! # init = "../runs/fomaml"   # optional warm start: the model starts from the best model of
+//!                             #   this run directory (relative to the file; same [model]),
+//!                             #   e.g. second-order MAML after a first-order run
 //!
 //! [task]
 //! source = "omniglot"         # omniglot | folder | sinusoid | dynamics
@@ -359,6 +362,10 @@ pub struct Experiment {
     pub validation: Option<NWayKShotConfig>,
     /// The learner's kind as written (`maml`, `fomaml`, …).
     pub learner_kind: String,
+    /// A warm start (`init = "run dir"`): the run directory whose best model the new run's
+    /// model starts from instead of a seeded initialisation (absolute once parsed, when it
+    /// exists).
+    pub init: Option<PathBuf>,
     resolved: Table,
 }
 
@@ -500,9 +507,10 @@ fn coerce(default: &Value, v: &Value) -> Option<Value> {
     }
 }
 
-const TOP_KEYS: [&str; 8] = [
+const TOP_KEYS: [&str; 9] = [
     "seed",
     "backend",
+    "init",
     "task",
     "model",
     "learner",
@@ -541,6 +549,20 @@ impl Experiment {
         let mut resolved = Table::new();
         resolved.insert("seed".into(), Value::Integer(seed as i64));
         resolved.insert("backend".into(), Value::String(backend.to_string()));
+        // Only a file that has the key records it, so that run directories made before it
+        // existed resume unchanged.
+        let init = match cx.string(&root, "", "init")? {
+            Some(path) => {
+                let dir = relative_to_file(&cx, path);
+                let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+                let text = dir.to_str().ok_or_else(|| {
+                    cx.key("init", format!("{} is not valid UTF-8", dir.display()))
+                })?;
+                resolved.insert("init".into(), Value::String(text.into()));
+                Some(dir)
+            }
+            None => None,
+        };
 
         let (task, task_table, ways) = parse_task(&cx, cx.section(&root, "task", true)?)?;
         resolved.insert("task".into(), Value::Table(task_table));
@@ -635,6 +657,7 @@ impl Experiment {
             eval,
             validation,
             learner_kind,
+            init,
             resolved,
         })
     }
@@ -682,6 +705,56 @@ impl Experiment {
                 })
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Refuse to train from a warm start (`init`) that is not there (a run directory without
+    /// a best model) or whose model is not this experiment's (`model` tables differ; the keys
+    /// are named). Evaluating a trained run needs no `init`, so parsing accepts a missing one.
+    /// [`run::train`](crate::run::train) calls it before anything is loaded or written.
+    pub fn check_init(&self) -> Result<()> {
+        let Some(dir) = &self.init else {
+            return Ok(());
+        };
+        let refuse = |reason: String| ConfigError::Key {
+            file: "experiment".into(),
+            key: "init".into(),
+            reason,
+        };
+        let best = metalearn_train::RunDir::new(dir).best_model();
+        if !best.is_file() {
+            return Err(refuse(format!(
+                "{} has no best model ({} is missing)",
+                dir.display(),
+                best.display()
+            )));
+        }
+        let theirs =
+            load_run_dir(dir).map_err(|e| refuse(format!("the warm start's experiment: {e}")))?;
+        let (Some(Value::Table(a)), Some(Value::Table(b))) =
+            (self.resolved.get("model"), theirs.resolved.get("model"))
+        else {
+            return Err(refuse("no `model` table to compare".into()));
+        };
+        // FineTune's head (`ways`) is sized when its run starts; loading the model checks it.
+        let sized_later =
+            |k: &str| k == "ways" && matches!(self.learner, LearnerSpec::FineTune { .. });
+        let mut differ: Vec<&str> = a
+            .iter()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v) && !sized_later(k))
+            .map(|(k, _)| k.as_str())
+            .chain(b.keys().filter(|k| !a.contains_key(*k)).map(|k| k.as_str()))
+            .collect();
+        differ.sort_unstable();
+        differ.dedup();
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(refuse(format!(
+                "{} trained another model (model.{} differ)",
+                dir.display(),
+                differ.join(", model.")
+            )))
         }
     }
 

@@ -276,6 +276,23 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
     })
 }
 
+/// The learner of a new run of `exp`: [`learner`], its model started from the best model of
+/// the run directory `exp.init` where the experiment names a warm start (checked by
+/// [`Experiment::check_init`]); the optimiser and iteration counter start fresh.
+pub fn training_learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
+    let mut learner = learner::<B>(exp)?;
+    if let Some(dir) = &exp.init {
+        let start = metalearn_train::read_state(&RunDir::new(dir).best_model())?;
+        let state = learner
+            .state()?
+            .with_part("model", start.part("model")?.to_vec());
+        learner
+            .load_state(&state)
+            .map_err(|e| Error::Usage(format!("init = {}: {e}", dir.display())))?;
+    }
+    Ok(learner)
+}
+
 /// The best model of the run in `dir` (state part `model`) loaded into `init`.
 fn best_model<B: Backend, M: burn::module::Module<Autodiff<B>>>(
     init: M,
@@ -330,10 +347,11 @@ fn transfer_learner<B: Backend>(exp: &Experiment, dir: &Path) -> Result<Box<dyn 
 /// experiment names the head that `eval`, `adapt` and `ship` rebuild.
 pub fn train(exp: &Experiment, dir: &Path, progress: Progress) -> Result<TrainSummary> {
     exp.check_teacher()?;
+    exp.check_init()?;
     let tasks = tasks(exp)?;
     let exp = &exp.clone().with_pretraining_classes(tasks.train_classes);
     claim_run_dir(exp, dir)?;
-    let mut learner = with_backend!(exp.backend, B => learner::<B>(exp))?;
+    let mut learner = with_backend!(exp.backend, B => training_learner::<B>(exp))?;
     let trainer = Trainer::new(exp.budget.clone(), RunDir::new(dir))?.with_progress(progress);
     let summary = trainer.fit(learner.as_mut(), tasks.train.as_ref(), tasks.val.as_ref())?;
     write_report(trainer.run_dir(), &exp.title())?;

@@ -4,10 +4,10 @@
 
 use metalearn::core::backend::{BackendKind, NdArrayCpu};
 use metalearn::experiment::{claim_run_dir, Experiment};
-use metalearn::run::{eval, learner, read_result, train, EvalOverrides};
+use metalearn::run::{eval, learner, read_result, train, training_learner, EvalOverrides};
 use metalearn::train::files::list_checkpoints;
 use metalearn::train::metrics::{read, Record};
-use metalearn::train::{read_state, Progress, RunDir};
+use metalearn::train::{load_best, read_state, Progress, RunDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use toml::{Table, Value};
@@ -234,6 +234,74 @@ fn a_distillation_student_trains_only_with_its_teacher() {
     let dir = temp("distill-without-teacher");
     let e = train(&exp, &dir, Progress::Quiet).unwrap_err().to_string();
     assert!(e.contains("train the teacher first"), "{e}");
+    assert!(!dir.exists(), "nothing written before the check");
+}
+
+#[test]
+fn a_warm_start_begins_from_another_runs_best_model() {
+    let from =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/omniglot/fomaml-20way-5shot");
+    let shipped = metalearn::experiment::load_run_dir(&from).unwrap();
+    // Second-order MAML from the shipped first-order model (a first-order warm-up).
+    let body = set(
+        &std::fs::read_to_string(from.join("experiment.toml")).unwrap(),
+        &[
+            ("learner", "kind", Value::String("maml".into())),
+            ("learner", "second_order", Value::Boolean(true)),
+        ],
+    );
+    let text = format!("init = {:?}\n{body}", from.display().to_string());
+    let exp = Experiment::parse(&text, "exp.toml").unwrap();
+    assert!(exp.init.as_ref().unwrap().is_absolute());
+    exp.check_init().unwrap();
+    let again = Experiment::parse(&exp.resolved_toml(), "resolved").unwrap();
+    assert_eq!(
+        again.resolved(),
+        exp.resolved(),
+        "the resolved file keeps `init`"
+    );
+
+    let warm = training_learner::<NdArrayCpu>(&exp).unwrap();
+    let mut best = learner::<NdArrayCpu>(&shipped).unwrap();
+    load_best(&RunDir::new(&from), best.as_mut()).unwrap();
+    assert_eq!(
+        warm.parameters(),
+        best.parameters(),
+        "the model is the shipped one"
+    );
+    assert_eq!(warm.iterations(), 0, "the iteration counter starts fresh");
+    let cold = learner::<NdArrayCpu>(&exp).unwrap();
+    assert_ne!(cold.parameters(), warm.parameters());
+    // Without `init`, the same experiment starts from its seeded initialisation.
+    let plain = Experiment::parse(&body, "exp.toml").unwrap();
+    assert_eq!(
+        training_learner::<NdArrayCpu>(&plain).unwrap().parameters(),
+        cold.parameters()
+    );
+
+    // Another model is refused, naming the keys.
+    let other = set(&text, &[("model", "filters", Value::Integer(32))]);
+    let e = Experiment::parse(&other, "exp.toml")
+        .unwrap()
+        .check_init()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`init`") && e.contains("model.filters differ"),
+        "{e}"
+    );
+    // A missing run directory parses (a shipped run is evaluated without its warm start) but
+    // does not train, and nothing is written.
+    let gone = text.replace(&from.display().to_string(), "/nonexistent/warm-start");
+    let exp = Experiment::parse(&gone, "exp.toml").unwrap();
+    let e = exp.check_init().unwrap_err().to_string();
+    assert!(
+        e.contains("/nonexistent/warm-start has no best model"),
+        "{e}"
+    );
+    let dir = temp("warm-start-missing");
+    let e = train(&exp, &dir, Progress::Quiet).unwrap_err().to_string();
+    assert!(e.contains("has no best model"), "{e}");
     assert!(!dir.exists(), "nothing written before the check");
 }
 
