@@ -553,8 +553,7 @@ impl Experiment {
         // existed resume unchanged.
         let init = match cx.string(&root, "", "init")? {
             Some(path) => {
-                let dir = relative_to_file(&cx, path);
-                let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+                let dir = run_dir_key(&cx, path);
                 let text = dir.to_str().ok_or_else(|| {
                     cx.key("init", format!("{} is not valid UTF-8", dir.display()))
                 })?;
@@ -731,29 +730,26 @@ impl Experiment {
         }
         let theirs =
             load_run_dir(dir).map_err(|e| refuse(format!("the warm start's experiment: {e}")))?;
-        let (Some(Value::Table(a)), Some(Value::Table(b))) =
-            (self.resolved.get("model"), theirs.resolved.get("model"))
-        else {
-            return Err(refuse("no `model` table to compare".into()));
+        let model = |e: &Self| {
+            Table::from_iter(
+                e.resolved
+                    .get_key_value("model")
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            )
         };
         // FineTune's head (`ways`) is sized when its run starts; loading the model checks it.
-        let sized_later =
-            |k: &str| k == "ways" && matches!(self.learner, LearnerSpec::FineTune { .. });
-        let mut differ: Vec<&str> = a
-            .iter()
-            .filter(|(k, v)| b.get(k.as_str()) != Some(v) && !sized_later(k))
-            .map(|(k, _)| k.as_str())
-            .chain(b.keys().filter(|k| !a.contains_key(*k)).map(|k| k.as_str()))
+        let sized_later = matches!(self.learner, LearnerSpec::FineTune { .. });
+        let differ: Vec<String> = differing_keys(&model(self), &model(&theirs))
+            .into_iter()
+            .filter(|k| !(sized_later && k == "model.ways"))
             .collect();
-        differ.sort_unstable();
-        differ.dedup();
         if differ.is_empty() {
             Ok(())
         } else {
             Err(refuse(format!(
-                "{} trained another model (model.{} differ)",
+                "{} trained another model ({} differ)",
                 dir.display(),
-                differ.join(", model.")
+                differ.join(", ")
             )))
         }
     }
@@ -950,6 +946,14 @@ fn relative_to_file(cx: &Ctx<'_>, path: &str) -> PathBuf {
     }
 }
 
+/// A key naming another run directory (`learner.teacher`, `init`): relative to the experiment
+/// file's folder, made absolute when it exists and kept as written otherwise, so that a run
+/// whose source has moved still parses.
+fn run_dir_key(cx: &Ctx<'_>, path: &str) -> PathBuf {
+    let dir = relative_to_file(cx, path);
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
 /// `learner.teacher`: a run directory (relative to the experiment file's folder). When it holds
 /// a best model, its experiment must be on images of the student's shape; when it does not (a
 /// run directory moved to another machine without its teacher), the experiment still parses,
@@ -964,8 +968,7 @@ fn parse_teacher(cx: &Ctx<'_>, t: &Table, task: &TaskSpec) -> Result<Teacher> {
              models/omniglot/)",
         )
     })?;
-    let dir = relative_to_file(cx, path);
-    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let dir = run_dir_key(cx, path);
     if !metalearn_train::RunDir::new(&dir).best_model().is_file() {
         return Ok(Teacher { dir, model: None });
     }

@@ -231,10 +231,16 @@ fn a_distillation_student_trains_only_with_its_teacher() {
         e.contains("`learner.teacher`: /nonexistent/teacher-run has no best model"),
         "{e}"
     );
-    let dir = temp("distill-without-teacher");
-    let e = train(&exp, &dir, Progress::Quiet).unwrap_err().to_string();
+    let e = refused_before_writing(&exp, "distill-without-teacher");
     assert!(e.contains("train the teacher first"), "{e}");
-    assert!(!dir.exists(), "nothing written before the check");
+}
+
+/// `train`'s error for `exp` in a new run directory, which must not have been created.
+fn refused_before_writing(exp: &Experiment, name: &str) -> String {
+    let dir = temp(name);
+    let e = train(exp, &dir, Progress::Quiet).unwrap_err().to_string();
+    assert!(!dir.exists(), "nothing written before the check: {e}");
+    e
 }
 
 #[test]
@@ -299,10 +305,8 @@ fn a_warm_start_begins_from_another_runs_best_model() {
         e.contains("/nonexistent/warm-start has no best model"),
         "{e}"
     );
-    let dir = temp("warm-start-missing");
-    let e = train(&exp, &dir, Progress::Quiet).unwrap_err().to_string();
+    let e = refused_before_writing(&exp, "warm-start-missing");
     assert!(e.contains("has no best model"), "{e}");
-    assert!(!dir.exists(), "nothing written before the check");
 }
 
 fn error_of(text: &str) -> String {
