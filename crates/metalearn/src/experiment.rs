@@ -135,8 +135,8 @@ pub enum ConfigError {
     /// The run directory was made by a different experiment.
     #[error(
         "run directory {dir} holds a different experiment (keys that differ: {}); use a new \
-         --run-dir, or the same experiment file to resume (only `budget.iterations` and \
-         `[eval]` may change)",
+         --run-dir, or the same experiment file to resume (only `budget.iterations`, \
+         `learner.threads` and `[eval]` may change)",
         keys.join(", ")
     )]
     Differs {
@@ -817,8 +817,9 @@ pub fn differing_keys(a: &Table, b: &Table) -> Vec<String> {
 
 /// Keys of an experiment that may change between runs on one run directory, since they do not
 /// change what the iterations already done computed: `budget.iterations` (train a run longer, or
-/// stop it sooner) and the test protocol (`eval`).
-pub const RESUMABLE_CHANGES: [&str; 2] = ["budget.iterations", "eval"];
+/// stop it sooner), the test protocol (`eval`) and `learner.threads` (the meta-gradient is
+/// averaged in task order, so a run resumed on more or fewer lanes computes the same numbers).
+pub const RESUMABLE_CHANGES: [&str; 3] = ["budget.iterations", "eval", "learner.threads"];
 
 /// The `keys` that are not (under) one of the `mutable` keys or tables.
 fn fixed_keys(keys: &[String], mutable: &[&str]) -> Vec<String> {

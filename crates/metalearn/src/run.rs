@@ -347,15 +347,34 @@ fn transfer_learner<B: Backend>(exp: &Experiment, dir: &Path) -> Result<Box<dyn 
 /// experiment names the head that `eval`, `adapt` and `ship` rebuild.
 pub fn train(exp: &Experiment, dir: &Path, progress: Progress) -> Result<TrainSummary> {
     exp.check_teacher()?;
-    exp.check_init()?;
+    // A warm start is read when a run starts: a run that resumes has its model in a checkpoint,
+    // so it resumes even where its warm start's directory has since moved.
+    let resumes = has_usable_checkpoint(&RunDir::new(dir))?;
+    if !resumes {
+        exp.check_init()?;
+    }
     let tasks = tasks(exp)?;
     let exp = &exp.clone().with_pretraining_classes(tasks.train_classes);
     claim_run_dir(exp, dir)?;
-    let mut learner = with_backend!(exp.backend, B => training_learner::<B>(exp))?;
+    let mut learner = with_backend!(exp.backend, B => if resumes {
+        learner::<B>(exp)
+    } else {
+        training_learner::<B>(exp)
+    })?;
     let trainer = Trainer::new(exp.budget.clone(), RunDir::new(dir))?.with_progress(progress);
     let summary = trainer.fit(learner.as_mut(), tasks.train.as_ref(), tasks.val.as_ref())?;
     write_report(trainer.run_dir(), &exp.title())?;
     Ok(summary)
+}
+
+/// Whether the run in `run` holds a checkpoint that reads back intact (the trainer resumes from
+/// the newest such one).
+fn has_usable_checkpoint(run: &RunDir) -> Result<bool> {
+    Ok(
+        metalearn_train::files::list_checkpoints(&run.checkpoints())?
+            .iter()
+            .any(|(_, path)| metalearn_train::read_state(path).is_ok()),
+    )
 }
 
 /// Overrides of the experiment's test protocol.

@@ -309,6 +309,56 @@ fn a_warm_start_begins_from_another_runs_best_model() {
     assert!(e.contains("has no best model"), "{e}");
 }
 
+#[test]
+fn a_warm_started_run_resumes_after_its_warm_start_moved() {
+    let text = std::fs::read_to_string(experiments().join("sinusoid/maml.toml")).unwrap();
+    let short = |iterations: i64| {
+        set(
+            &text,
+            &[
+                ("budget", "iterations", Value::Integer(iterations)),
+                ("budget", "checkpoint_every", Value::Integer(5)),
+                ("budget", "validate_every", Value::Integer(5)),
+                ("budget", "val_episodes", Value::Integer(5)),
+                ("learner", "meta_batch_size", Value::Integer(2)),
+            ],
+        )
+    };
+    let root = temp("warm-resume");
+    let from = root.join("from");
+    train(
+        &Experiment::parse(&short(10), "from.toml").unwrap(),
+        &from,
+        Progress::Quiet,
+    )
+    .unwrap();
+    let warm = |iterations: i64, init: &Path| {
+        let text = format!(
+            "init = {:?}\n{}",
+            init.display().to_string(),
+            short(iterations)
+        );
+        Experiment::parse(&text, "warm.toml").unwrap()
+    };
+    let run = root.join("warm");
+    let first = train(&warm(10, &from), &run, Progress::Quiet).unwrap();
+    assert_eq!((first.iterations, first.resumed_from), (10, None));
+    // The warm start moves away: the run resumes from its checkpoint and trains on.
+    let moved = root.join("moved");
+    std::fs::rename(&from, &moved).unwrap();
+    let longer = train(&warm(15, &from), &run, Progress::Quiet).unwrap();
+    assert_eq!((longer.iterations, longer.resumed_from), (15, Some(10)));
+    // It continued the warm-started run: the same as training it for 15 at once.
+    let at_once = root.join("at-once");
+    train(&warm(15, &moved), &at_once, Progress::Quiet).unwrap();
+    let exp = warm(15, &moved);
+    assert_eq!(parameters(&run, &exp).0, parameters(&at_once, &exp).0);
+    // A run that has not started still needs its warm start.
+    let e = refused_before_writing(&warm(15, &from), "warm-resume-new");
+    assert!(e.contains("has no best model"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 fn error_of(text: &str) -> String {
     Experiment::parse(text, "exp.toml").unwrap_err().to_string()
 }
@@ -614,11 +664,16 @@ fn a_different_experiment_is_refused_for_an_existing_run_dir() {
     let longer = with(&[
         ("budget", "iterations", Value::Integer(123_456)),
         ("eval", "episodes", Value::Integer(17)),
+        ("learner", "threads", Value::Integer(3)),
     ]);
     claim_run_dir(&longer, &dir).unwrap();
     let recorded = metalearn::experiment::load_run_dir(&dir).unwrap();
     assert_eq!(recorded.budget.iterations, 123_456);
     assert_eq!(recorded.eval.episodes, 17);
+    assert_eq!(
+        recorded.resolved()["learner"]["threads"].as_integer(),
+        Some(3)
+    );
     // …but not together with a key that changes the training.
     let e = claim_run_dir(&b, &dir).unwrap_err().to_string();
     assert!(
@@ -707,11 +762,18 @@ fn kill_9_then_the_same_command_gives_the_uninterrupted_result() {
     let done_at_kill = read(&killed.join("metrics.jsonl")).unwrap().len();
     let newest_at_kill = newest().unwrap();
     // Resume with a shorter budget first, then extend it to the reference's: training a run
-    // longer is the same as having asked for the longer budget at the start.
+    // longer is the same as having asked for the longer budget at the start. The shorter leg
+    // runs the meta-batch on one lane (the others on one per core): the numbers are the same.
     let shorter = root.join("shorter.toml");
     std::fs::write(
         &shorter,
-        set(&text, &[("budget", "iterations", Value::Integer(200))]),
+        set(
+            &text,
+            &[
+                ("budget", "iterations", Value::Integer(200)),
+                ("learner", "threads", Value::Integer(1)),
+            ],
+        ),
     )
     .unwrap();
     run_to_end(&shorter, &killed);
