@@ -709,7 +709,7 @@ impl Experiment {
 
     /// Refuse to train from a warm start (`init`) that is not there (a run directory without
     /// a best model) or whose model is not this experiment's (`model` tables differ; the keys
-    /// are named). Evaluating a trained run needs no `init`, so parsing accepts a missing one.
+    /// are named; a model without a learned batch-norm scale may start one with it). Evaluating a trained run needs no `init`, so parsing accepts a missing one.
     /// [`run::train`](crate::run::train) calls it before anything is loaded or written.
     pub fn check_init(&self) -> Result<()> {
         let Some(dir) = &self.init else {
@@ -739,9 +739,17 @@ impl Experiment {
         };
         // FineTune's head (`ways`) is sized when its run starts; loading the model checks it.
         let sized_later = matches!(self.learner, LearnerSpec::FineTune { .. });
+        // A model without a learned batch-norm scale keeps γ = 1 in its record: the same
+        // function as a model with one, which then learns it (MAML++ from a FOMAML model).
+        let gains_scale = matches!(
+            (&self.model, &theirs.model),
+            (ModelSpec::Conv4(ours), ModelSpec::Conv4(start)) if ours.bn_scale && !start.bn_scale
+        );
         let differ: Vec<String> = differing_keys(&model(self), &model(&theirs))
             .into_iter()
-            .filter(|k| !(sized_later && k == "model.ways"))
+            .filter(|k| {
+                !(sized_later && k == "model.ways") && !(gains_scale && k == "model.bn_scale")
+            })
             .collect();
         if differ.is_empty() {
             Ok(())

@@ -210,6 +210,33 @@ pub fn tasks(exp: &Experiment) -> Result<Tasks> {
 /// The experiment's learner on backend `B`, with a freshly initialised model (seeded by the
 /// experiment's seed), boxed so that a program can hold any of them.
 pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
+    learner_from::<B>(exp, None)
+}
+
+/// The learner of a new run of `exp`: [`learner`], its model started from the best model of
+/// the run directory `exp.init` where the experiment names a warm start (checked by
+/// [`Experiment::check_init`]). The learner is built around that model, so what it derives
+/// from the model when it starts (MAML++'s per-step batch-norm copies) is the warm start's
+/// too; the optimiser and iteration counter start fresh.
+pub fn training_learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
+    learner_from::<B>(exp, exp.init.as_deref())
+}
+
+/// `model`, or the best model of the run in `init` loaded into it.
+fn warm_started<B: Backend, M: burn::module::Module<Autodiff<B>>>(
+    model: M,
+    init: Option<&Path>,
+    device: &B::Device,
+) -> Result<M> {
+    match init {
+        None => Ok(model),
+        Some(dir) => best_model::<B, _>(model, dir, device)
+            .map_err(|e| Error::Usage(format!("init = {}: {e}", dir.display()))),
+    }
+}
+
+/// [`learner`] with its model started from the run in `init`, if any.
+fn learner_from<B: Backend>(exp: &Experiment, init: Option<&Path>) -> Result<Box<dyn AnyLearner>> {
     let device = B::Device::default();
     let seed = SeedStream::new(exp.seed).named("model").seed();
     // The same learners over either model (rank-4 images or rank-2 features).
@@ -261,7 +288,7 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
             }
             None => student.init::<B>(seed, &device)?,
         };
-        let student = student.init::<Autodiff<B>>(seed, &device)?;
+        let student = warm_started::<B, _>(student.init(seed, &device)?, init, &device)?;
         return Ok(DynLearner::<_, 4>::boxed(EpisodicDistiller::new(
             config.clone(),
             student,
@@ -271,26 +298,15 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
         )?));
     }
     Ok(match &exp.model {
-        ModelSpec::Conv4(c) => boxed!(4, c.init::<Autodiff<B>>(seed, &device)?),
-        ModelSpec::Mlp(c) => boxed!(2, c.init::<Autodiff<B>>(seed, &device)?),
+        ModelSpec::Conv4(c) => boxed!(
+            4,
+            warm_started::<B, _>(c.init(seed, &device)?, init, &device)?
+        ),
+        ModelSpec::Mlp(c) => boxed!(
+            2,
+            warm_started::<B, _>(c.init(seed, &device)?, init, &device)?
+        ),
     })
-}
-
-/// The learner of a new run of `exp`: [`learner`], its model started from the best model of
-/// the run directory `exp.init` where the experiment names a warm start (checked by
-/// [`Experiment::check_init`]); the optimiser and iteration counter start fresh.
-pub fn training_learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
-    let mut learner = learner::<B>(exp)?;
-    if let Some(dir) = &exp.init {
-        let start = metalearn_train::read_state(&RunDir::new(dir).best_model())?;
-        let state = learner
-            .state()?
-            .with_part("model", start.part("model")?.to_vec());
-        learner
-            .load_state(&state)
-            .map_err(|e| Error::Usage(format!("init = {}: {e}", dir.display())))?;
-    }
-    Ok(learner)
 }
 
 /// The best model of the run in `dir` (state part `model`) loaded into `init`.

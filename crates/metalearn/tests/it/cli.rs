@@ -2,12 +2,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 
+use burn::backend::Autodiff;
 use metalearn::core::backend::{BackendKind, NdArrayCpu};
-use metalearn::experiment::{claim_run_dir, Experiment};
+use metalearn::core::DynLearner;
+use metalearn::experiment::{claim_run_dir, Experiment, LearnerSpec, ModelSpec};
 use metalearn::run::{eval, learner, read_result, train, training_learner, EvalOverrides};
 use metalearn::train::files::list_checkpoints;
 use metalearn::train::metrics::{read, Record};
 use metalearn::train::{load_best, read_state, Progress, RunDir};
+use metalearn::update::MamlPlusPlus;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use toml::{Table, Value};
@@ -284,6 +287,50 @@ fn a_warm_start_begins_from_another_runs_best_model() {
         training_learner::<NdArrayCpu>(&plain).unwrap().parameters(),
         cold.parameters()
     );
+
+    // MAML++ (a learned batch-norm scale, per-step batch-norm copies) from the same first-order
+    // model, whose record keeps γ = 1: the learner is built around the warm start, so the
+    // per-step copies start at its batch-norm values, not at the seeded ones.
+    let models = from.parent().unwrap();
+    let pp_text = format!(
+        "init = {:?}\n{}",
+        from.display().to_string(),
+        std::fs::read_to_string(models.join("maml_pp-20way-1shot/experiment.toml")).unwrap()
+    );
+    let pp = Experiment::parse(&pp_text, "pp.toml").unwrap();
+    pp.check_init().unwrap();
+    let (ModelSpec::Conv4(c), LearnerSpec::MamlPlusPlus(l)) = (&pp.model, &pp.learner) else {
+        panic!("a MAML++ experiment on Conv4")
+    };
+    assert!(c.bn_scale && !l.per_step_groups.is_empty());
+    let device = Default::default();
+    let start = metalearn::core::checkpoint::load_module_bytes::<Autodiff<NdArrayCpu>, _>(
+        c.init(0, &device).unwrap(),
+        read_state(&RunDir::new(&from).best_model())
+            .unwrap()
+            .part("model")
+            .unwrap(),
+        &device,
+    )
+    .unwrap();
+    let expected = DynLearner::<_, 4>::boxed(
+        MamlPlusPlus::<NdArrayCpu, _, 4>::new(l.clone(), start, device).unwrap(),
+    );
+    assert_eq!(
+        training_learner::<NdArrayCpu>(&pp).unwrap().parameters(),
+        expected.parameters()
+    );
+    // The other way round (a learned scale dropped) would change the function: refused.
+    let scaled = models.join("maml_pp-20way-1shot");
+    let e = Experiment::parse(
+        &format!("init = {:?}\n{body}", scaled.display().to_string()),
+        "exp.toml",
+    )
+    .unwrap()
+    .check_init()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("model.bn_scale differ"), "{e}");
 
     // Another model is refused, naming the keys.
     let other = set(&text, &[("model", "filters", Value::Integer(32))]);
