@@ -748,7 +748,9 @@ impl Experiment {
         let differ: Vec<String> = differing_keys(&model(self), &model(&theirs))
             .into_iter()
             .filter(|k| {
-                !(sized_later && k == "model.ways") && !(gains_scale && k == "model.bn_scale")
+                let exempt =
+                    (sized_later && k == "model.ways") || (gains_scale && k == "model.bn_scale");
+                !exempt
             })
             .collect();
         if differ.is_empty() {
