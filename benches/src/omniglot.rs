@@ -53,11 +53,9 @@ pub struct Budget {
     curve_points: usize,
     /// Meta-iterations timed at meta-batch 32 for the speed table.
     timed_iterations: usize,
-    /// Train 20-way models for the gradient-based learners (slow: 20-way episodes and, at the
-    /// paper's settings, 5 inner steps).
+    /// Train 20-way models for the gradient-based learners, at the paper's settings (slow:
+    /// 20-way episodes and 5 inner steps).
     twenty_way_gradient_learners: bool,
-    /// Fraction of the MAML-family and Reptile iterations the 20-way models train for.
-    twenty_way_fraction: f64,
 }
 
 impl Budget {
@@ -77,7 +75,6 @@ impl Budget {
                 // 20-way gradient learners (mostly their 20-way test episodes) cost more
                 // than the rest of a smoke check together, so --quick skips them.
                 twenty_way_gradient_learners: false,
-                twenty_way_fraction: 0.5,
             }
         } else if args.full {
             // The papers' budgets: MAML 60,000 iterations at meta-batch 32; ProtoNets ~20,000
@@ -94,7 +91,6 @@ impl Budget {
                 curve_points: 30,
                 timed_iterations: 5,
                 twenty_way_gradient_learners: true,
-                twenty_way_fraction: 1.0,
             }
         } else {
             Self {
@@ -116,7 +112,6 @@ impl Budget {
                 curve_points: 8,
                 timed_iterations: 2,
                 twenty_way_gradient_learners: false,
-                twenty_way_fraction: 0.25,
             }
         }
     }
@@ -183,7 +178,11 @@ fn episodes(
 }
 
 fn conv4<B: Backend>(ways: usize, seed: u64) -> Result<Conv4<Autodiff<B>>> {
-    Ok(Conv4Config::new(ways).init::<Autodiff<B>>(seed, &Default::default())?)
+    conv4_from::<B>(Conv4Config::new(ways), seed)
+}
+
+fn conv4_from<B: Backend>(cfg: Conv4Config, seed: u64) -> Result<Conv4<Autodiff<B>>> {
+    Ok(cfg.init::<Autodiff<B>>(seed, &Default::default())?)
 }
 
 struct Run<'a> {
@@ -346,24 +345,13 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     // MAML family: one model per number of ways and shots (as in the papers), trained with 5
     // query examples per class; Finn et al.'s step sizes (α = 0.4, 1 step at 5-way,
     // 5 steps at 20-way with α = 0.1; 3 / 5 test steps).
-    // The default budget uses one inner step at 20-way too (5 nested steps cost 5x).
-    let twenty_steps = if args.full { 5 } else { 1 };
     let mut families = vec![(5, &five, 1, 0.4, 3)];
     if budget.twenty_way_gradient_learners {
-        families.push((20, &twenty, twenty_steps, 0.1, 5));
+        families.push((20, &twenty, 5, 0.1, 5));
     }
     for (ways, settings, inner_steps, alpha, test_steps) in families {
-        let scale = |n: usize| {
-            if ways == 5 {
-                n
-            } else {
-                ((n as f64 * budget.twenty_way_fraction).round() as usize).max(1)
-            }
-        };
-        let (maml_iterations, reptile_iterations) = (
-            scale(budget.maml_iterations),
-            scale(budget.reptile_iterations),
-        );
+        let (maml_iterations, reptile_iterations) =
+            (budget.maml_iterations, budget.reptile_iterations);
         let maml = |second_order: bool, adapt_last: usize| {
             MamlConfig::new()
                 .with_inner_lr(alpha)
@@ -394,9 +382,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
                 ("ANIL", maml(true, 2), true),
                 ("BOIL", maml(true, 0).with_freeze(vec!["head".into()]), true),
             ] {
-                let model = Conv4Config::new(ways)
-                    .with_bn_scale(bn_scale)
-                    .init::<Autodiff<B>>(1, &Default::default())?;
+                let model = conv4_from::<B>(Conv4Config::new(ways).with_bn_scale(bn_scale), 1)?;
                 let l = Maml::new(cfg, model, device.clone())?;
                 learners.push(
                     run.train_and_test(
