@@ -195,7 +195,7 @@ impl<B: Backend> InnerUpdate<B> for Sizes<Tensor<B, 1>> {
 /// What a gradient-based learner's test-time adaptation needs: the meta-learned start, its
 /// inner rule, the evaluation protocol and the device. A learner implementing it gets
 /// `MetaLearner`'s `adapt`, `adaptation_curve`, `evaluate` and `predict` from
-/// [`adaptation_methods!`](crate::adaptation_methods) (one definition for MAML, Meta-SGD, MAML++ and Reptile).
+/// [`adaptation_methods!`](crate::adaptation_methods) (one definition for MAML, Meta-SGD and MAML++; Reptile, whose test-time steps may take minibatches of the support set, writes its own around the same [`adapt_inner`], [`step_metrics`] and [`predictions`]).
 pub trait InnerAdapt<B: Backend, M: MetaTrainable<B, D>, const D: usize> {
     /// The inner rule of one adaptation.
     type Rule: InnerUpdate<B>;
@@ -548,7 +548,19 @@ pub fn predict_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     device: &B::Device,
 ) -> Result<Vec<f32>> {
     let phi = adapt::<B, M, D>(start, episode, steps, rule, device)?;
-    let out = query_outputs::<B, M::InnerModule, D>(&phi, episode, transductive, device)?;
+    predictions::<B, M::InnerModule, D>(&phi, episode, steps, transductive, device)
+}
+
+/// The query outputs (host, row-major) of `phi`, the parameters adapted by `steps` steps; a
+/// non-finite output is [`Error::AdaptationDiverged`].
+pub fn predictions<B: Backend, N: MetaModule<B, D>, const D: usize>(
+    phi: &N,
+    episode: &EpisodeData,
+    steps: usize,
+    transductive: bool,
+    device: &B::Device,
+) -> Result<Vec<f32>> {
+    let out = query_outputs::<B, N, D>(phi, episode, transductive, device)?;
     let v: Vec<f32> = out
         .into_data()
         .convert::<f32>()
@@ -574,7 +586,19 @@ pub fn evaluate_after<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
     device: &B::Device,
 ) -> Result<metalearn_core::learner::StepMetrics> {
     let phi = adapt::<B, M, D>(start, episode, steps, rule, device)?;
-    let (loss, accuracy) = evaluate::<B, M::InnerModule, D>(&phi, episode, transductive, device)?;
+    step_metrics::<B, M::InnerModule, D>(&phi, episode, steps, transductive, device)
+}
+
+/// The query metrics of `phi`, the parameters adapted by `steps` steps (see [`evaluate`] for
+/// `transductive`; a non-finite loss is [`Error::AdaptationDiverged`]).
+pub fn step_metrics<B: Backend, N: MetaModule<B, D>, const D: usize>(
+    phi: &N,
+    episode: &EpisodeData,
+    steps: usize,
+    transductive: bool,
+    device: &B::Device,
+) -> Result<metalearn_core::learner::StepMetrics> {
+    let (loss, accuracy) = evaluate::<B, N, D>(phi, episode, transductive, device)?;
     Ok(metalearn_core::learner::StepMetrics {
         steps,
         loss: adaptation_finite(steps, loss)?,
@@ -594,13 +618,13 @@ pub fn adaptation_curve<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
 ) -> Result<metalearn_core::learner::AdaptationCurve> {
     let mut curve = Vec::with_capacity(steps + 1);
     adapt_inner::<B, M, D>(start, episode, steps, rule, device, |s, phi| {
-        let (loss, accuracy) =
-            evaluate::<B, M::InnerModule, D>(phi, episode, transductive, device)?;
-        curve.push(metalearn_core::learner::StepMetrics {
-            steps: s,
-            loss: adaptation_finite(s, loss)?,
-            accuracy,
-        });
+        curve.push(step_metrics::<B, M::InnerModule, D>(
+            phi,
+            episode,
+            s,
+            transductive,
+            device,
+        )?);
         Ok(())
     })?;
     Ok(curve)

@@ -4,9 +4,13 @@
 //! has no held-out inner objective) — each step on all of them, or, with `inner_batch`, on
 //! minibatches drawn without replacement as in the reference implementation — from θ give φ; then `θ ← θ + ε · (mean φ − θ)`, with ε
 //! annealed linearly to 0 over training when asked. The reported meta-loss is the training loss
-//! after adaptation. At test time only the support set is used.
+//! after adaptation. At test time only the support set is used: all of it every step, or, with
+//! `eval_batch`, minibatches of it as the reference implementation's evaluation.
 
-use crate::inner::{adapt, adaptation_methods, evaluate, impl_inner_adapt, InnerAdam, Rule, Sizes};
+use crate::inner::{
+    adapt, adapt_inner, evaluate, impl_inner_adapt, predictions, step_metrics, InnerAdam,
+    InnerAdapt, Rule, Sizes,
+};
 use crate::state::{put_module, take_module};
 use crate::Result as UpdateResult;
 use burn::config::Config;
@@ -35,6 +39,7 @@ use metalearn_core::params;
 /// | `carry_adam` | false | carry the inner Adam's moments from task to task, as the reference implementation (needs `inner_adam`) | — |
 /// | `transductive` | true | evaluate the query batch in one forward pass (false: each query example with the support set, Nichol et al.'s protocol) | — |
 /// | `inner_batch` | 0 | examples per inner step during meta-training (0: all of the task's; Nichol et al.: 10) | — |
+/// | `eval_batch` | 0 | support examples per test-time adaptation step (0: the whole support set; Nichol et al.: 5 at 5-way, 10 at 20-way) | — |
 /// | `seed` | 0 | seed of the inner minibatches' order (with the iteration and the task's place in the meta-batch) | — |
 ///
 /// Nichol et al. use Adam (β₁ = 0) with learning rate 0.001 in the inner loop
@@ -87,9 +92,17 @@ pub struct ReptileConfig {
     /// Examples per inner step during meta-training (0: all of the task's examples). The
     /// reference implementation's Omniglot setting is 10: five steps on minibatches of 10 are
     /// one pass over a 5-way task's 50 examples, in a shuffled order, without replacement
-    /// (a new shuffle when a pass is used up). Test-time adaptation uses the whole support set.
+    /// (a new shuffle when a pass is used up). Test-time adaptation: see `eval_batch`.
     #[config(default = 0)]
     pub inner_batch: usize,
+    /// Support examples per test-time adaptation step (validation and test; 0: the whole
+    /// support set every step). The reference implementation's `--eval-batch`: 5 at 5-way, 10
+    /// at 20-way, so that its 50 steps at 20-way 5-shot are five shuffled passes over the 100
+    /// support examples rather than 50 full-batch steps. Drawn as `inner_batch`'s minibatches,
+    /// from `seed`: the same order of support positions in every episode (an episode's classes
+    /// come in random order, so the classes a minibatch holds vary).
+    #[config(default = 0)]
+    pub eval_batch: usize,
     /// Seed of the inner minibatches' order.
     #[config(default = 0)]
     pub seed: u64,
@@ -218,6 +231,42 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
     pub fn carried_adam(&self) -> Option<&InnerAdam<B>> {
         self.carried.as_ref()
     }
+
+    /// Test-time adaptation: `steps` steps from θ on the episode's support set, all of it or
+    /// (`eval_batch`) minibatches of it; `on_step(s, φ_s)` sees every iterate, φ₀ included.
+    fn adapt_support(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+        mut on_step: impl FnMut(usize, &M::InnerModule) -> metalearn_core::Result<()>,
+    ) -> metalearn_core::Result<M::InnerModule> {
+        let (batch, n) = (self.config.eval_batch, episode.support.len());
+        if batch == 0 || batch >= n {
+            return adapt_inner::<B, M, D>(
+                self.start(),
+                episode,
+                steps,
+                self.rule(),
+                &self.device,
+                on_step,
+            );
+        }
+        let order = metalearn_core::SeedStream::new(self.config.seed).named("reptile test batches");
+        let mut rule = self.rule();
+        let mut phi = self.start();
+        on_step(0, &phi)?;
+        for (s, rows) in minibatches(n, batch, steps, order).iter().enumerate() {
+            let support = episode.support.select(rows)?;
+            let step = EpisodeData {
+                kind: episode.kind,
+                query: support.clone(),
+                support,
+            };
+            phi = adapt::<B, M, D>(phi, &step, 1, &mut rule, &self.device)?;
+            on_step(s + 1, &phi)?;
+        }
+        Ok(phi)
+    }
 }
 
 /// Inner Adam with zero moments.
@@ -322,7 +371,54 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         self.config.meta_batch_size
     }
 
-    adaptation_methods!(B, M, D);
+    fn adapt(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<M::InnerModule> {
+        self.adapt_support(episode, steps, |_, _| Ok(()))
+    }
+
+    fn adaptation_curve(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<metalearn_core::learner::AdaptationCurve> {
+        let mut curve = Vec::with_capacity(steps + 1);
+        self.adapt_support(episode, steps, |s, phi| {
+            curve.push(step_metrics::<B, M::InnerModule, D>(
+                phi,
+                episode,
+                s,
+                self.config.transductive,
+                &self.device,
+            )?);
+            Ok(())
+        })?;
+        Ok(curve)
+    }
+
+    fn evaluate(
+        &self,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
+        let phi = self.adapt(episode, steps)?;
+        step_metrics::<B, M::InnerModule, D>(
+            &phi,
+            episode,
+            steps,
+            self.config.transductive,
+            &self.device,
+        )
+    }
+
+    fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
+        let phi = self.adapt(episode, steps)?;
+        predictions::<B, M::InnerModule, D>(
+            &phi,
+            episode,
+            steps,
+            self.config.transductive,
+            &self.device,
+        )
+    }
 }
 
 /// The rows of `steps` minibatches of `batch` out of `n` examples: consecutive chunks of a

@@ -233,6 +233,59 @@ fn reptile_carries_its_inner_adam_from_task_to_task() {
     }
 }
 
+/// `eval_batch`: each test-time step sees `eval_batch` support examples (Nichol et al.'s
+/// evaluation), passes over the support set without replacement, and a batch as large as the
+/// support set is the full-batch adaptation.
+#[test]
+fn reptile_adapts_on_support_minibatches_at_test_time() {
+    let device = Default::default();
+    let make = |eval_batch: usize| {
+        let model = MlpConfig::new(vec![1, 40, 40, 1])
+            .init::<Autodiff<B>>(1, &device)
+            .unwrap();
+        let cfg = ReptileConfig::new()
+            .with_inner_lr(0.02)
+            .with_eval_batch(eval_batch);
+        Reptile::<B, Mlp<Autodiff<B>>, 2>::new(cfg, model, device).unwrap()
+    };
+    let tasks = Sinusoid::new(SinusoidConfig::new(10, 10)).unwrap();
+    let ep = tasks.sample(7).unwrap();
+    let (full, whole, batched) = (make(0), make(10), make(4));
+    let curve = full.adaptation_curve(&ep, 5).unwrap();
+    assert_eq!(
+        whole.adaptation_curve(&ep, 5).unwrap(),
+        curve,
+        "a batch of all 10"
+    );
+    let mini = batched.adaptation_curve(&ep, 5).unwrap();
+    assert_eq!(mini, batched.adaptation_curve(&ep, 5).unwrap(), "seeded");
+    assert_eq!(mini[0], curve[0], "no step taken");
+    assert_ne!(mini[5], curve[5]);
+    assert_eq!(batched.evaluate(&ep, 5).unwrap(), mini[5]);
+    assert_eq!(
+        batched.predict(&ep, 3).unwrap(),
+        batched.predict(&ep, 3).unwrap()
+    );
+    // Which support examples a `steps`-step adaptation depends on: move one target at a time.
+    let used = |steps: usize| {
+        let base = batched.predict(&ep, steps).unwrap();
+        (0..ep.support.len())
+            .filter(|&i| {
+                let mut moved = ep.clone();
+                moved.support.targets[i] += 1.0;
+                batched.predict(&moved, steps).unwrap() != base
+            })
+            .count()
+    };
+    assert_eq!(used(1), 4, "one step sees one minibatch");
+    assert_eq!(
+        used(2),
+        8,
+        "two minibatches of one pass: 8 different examples"
+    );
+    assert_eq!(used(3), 10, "the pass ends and the next one begins");
+}
+
 #[test]
 fn adam_betas_are_validated() {
     let device = Default::default();
