@@ -267,6 +267,22 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
         }
         Ok(phi)
     }
+
+    /// The query metrics of `phi`, adapted by `steps` steps, under this learner's protocol.
+    fn metrics(
+        &self,
+        phi: &M::InnerModule,
+        episode: &EpisodeData,
+        steps: usize,
+    ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
+        step_metrics::<B, M::InnerModule, D>(
+            phi,
+            episode,
+            steps,
+            self.config.transductive,
+            &self.device,
+        )
+    }
 }
 
 /// Inner Adam with zero moments.
@@ -382,13 +398,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
     ) -> metalearn_core::Result<metalearn_core::learner::AdaptationCurve> {
         let mut curve = Vec::with_capacity(steps + 1);
         self.adapt_support(episode, steps, |s, phi| {
-            curve.push(step_metrics::<B, M::InnerModule, D>(
-                phi,
-                episode,
-                s,
-                self.config.transductive,
-                &self.device,
-            )?);
+            curve.push(self.metrics(phi, episode, s)?);
             Ok(())
         })?;
         Ok(curve)
@@ -400,13 +410,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
         steps: usize,
     ) -> metalearn_core::Result<metalearn_core::learner::StepMetrics> {
         let phi = self.adapt(episode, steps)?;
-        step_metrics::<B, M::InnerModule, D>(
-            &phi,
-            episode,
-            steps,
-            self.config.transductive,
-            &self.device,
-        )
+        self.metrics(&phi, episode, steps)
     }
 
     fn predict(&self, episode: &EpisodeData, steps: usize) -> metalearn_core::Result<Vec<f32>> {
