@@ -252,20 +252,16 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> Reptile<B, M, D> {
             );
         }
         let order = metalearn_core::SeedStream::new(self.config.seed).named("reptile test batches");
-        let mut rule = self.rule();
-        let mut phi = self.start();
-        on_step(0, &phi)?;
-        for (s, rows) in minibatches(n, batch, steps, order).iter().enumerate() {
-            let support = episode.support.select(rows)?;
-            let step = EpisodeData {
-                kind: episode.kind,
-                query: support.clone(),
-                support,
-            };
-            phi = adapt::<B, M, D>(phi, &step, 1, &mut rule, &self.device)?;
-            on_step(s + 1, &phi)?;
-        }
-        Ok(phi)
+        let rows = minibatches(n, batch, steps, order);
+        on_step(0, &self.start())?;
+        adapt_on_rows::<B, M, D>(
+            self.start(),
+            episode,
+            &rows,
+            &mut self.rule(),
+            &self.device,
+            |s, phi| on_step(s + 1, phi),
+        )
     }
 
     /// The query metrics of `phi`, adapted by `steps` steps, under this learner's protocol.
@@ -314,16 +310,7 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
                 adapt::<B, M, D>(theta, &ep, steps, &mut *rule, device)?
             } else {
                 let rows = minibatches(ep.support.len(), batch, steps, order.child(j as u64));
-                let mut phi = theta;
-                for r in rows {
-                    let step = EpisodeData {
-                        kind: ep.kind,
-                        support: ep.support.select(&r)?,
-                        query: ep.query.select(&r)?,
-                    };
-                    phi = adapt::<B, M, D>(phi, &step, 1, &mut *rule, device)?;
-                }
-                phi
+                adapt_on_rows::<B, M, D>(theta, &ep, &rows, &mut *rule, device, |_, _| Ok(()))?
             };
             let (loss, acc) = evaluate::<B, M::InnerModule, D>(&phi, &ep, true, device)?;
             Ok((phi, loss, acc))
@@ -423,6 +410,31 @@ impl<B: Backend, M: MetaTrainable<B, D>, const D: usize> MetaLearner<D> for Rept
             &self.device,
         )
     }
+}
+
+/// One inner step from `start` per entry of `rows`, each on those rows of the episode's support
+/// set; `on_step(s, φ)` sees the iterate after step `s + 1`.
+fn adapt_on_rows<B: Backend, M: MetaTrainable<B, D>, const D: usize>(
+    start: M::InnerModule,
+    episode: &EpisodeData,
+    rows: &[Vec<usize>],
+    rule: &mut Rule<B>,
+    device: &B::Device,
+    mut on_step: impl FnMut(usize, &M::InnerModule) -> metalearn_core::Result<()>,
+) -> metalearn_core::Result<M::InnerModule> {
+    let mut phi = start;
+    for (s, r) in rows.iter().enumerate() {
+        let support = episode.support.select(r)?;
+        // One step reads only the support set.
+        let step = EpisodeData {
+            kind: episode.kind,
+            query: support.clone(),
+            support,
+        };
+        phi = adapt::<B, M, D>(phi, &step, 1, &mut *rule, device)?;
+        on_step(s, &phi)?;
+    }
+    Ok(phi)
 }
 
 /// The rows of `steps` minibatches of `batch` out of `n` examples: consecutive chunks of a
