@@ -5,7 +5,9 @@
 //! backend = "flex"            # flex | ndarray | wgpu (`--backend` overrides it)
 //! # init = "../runs/fomaml"   # optional warm start: the model starts from the best model of
 //!                             #   this run directory (relative to the file; same [model]),
-//!                             #   e.g. second-order MAML after a first-order run
+//!                             #   e.g. second-order MAML after a first-order run; from a
+//!                             #   run of the same learner, its learned rates, per-step
+//!                             #   parameters and carried inner Adam too
 //!
 //! [task]
 //! source = "omniglot"         # omniglot | folder | sinusoid | dynamics
@@ -364,7 +366,8 @@ pub struct Experiment {
     pub learner_kind: String,
     /// A warm start (`init = "run dir"`): the run directory whose best model the new run's
     /// model starts from instead of a seeded initialisation (absolute once parsed, when it
-    /// exists).
+    /// exists); from a run of the same learner, the rest of what it learned too
+    /// (`run::training_learner`).
     pub init: Option<PathBuf>,
     resolved: Table,
 }

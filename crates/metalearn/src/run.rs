@@ -10,7 +10,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use metalearn_core::episode::{EpisodeData, HostBatch};
 use metalearn_core::{
-    with_backend, AnyLearner, DynLearner, SeedStream, TaskDistribution, TaskKind,
+    with_backend, AnyLearner, DynLearner, LearnerState, SeedStream, TaskDistribution, TaskKind,
 };
 use metalearn_eval::StepsCurve;
 use metalearn_tasks::{
@@ -217,7 +217,8 @@ pub fn learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
 /// the run directory `exp.init` where the experiment names a warm start (checked by
 /// [`Experiment::check_init`]). The learner is built around that model, so what it derives
 /// from the model when it starts (MAML++'s per-step batch-norm copies) is the warm start's
-/// too; the optimiser and iteration counter start fresh.
+/// too; a warm start from the same learner also continues its other learned parts
+/// (`continue_learned`); the optimiser and iteration counter start fresh.
 pub fn training_learner<B: Backend>(exp: &Experiment) -> Result<Box<dyn AnyLearner>> {
     learner_from::<B>(exp, exp.init.as_deref())
 }
@@ -297,7 +298,7 @@ fn learner_from<B: Backend>(exp: &Experiment, init: Option<&Path>) -> Result<Box
             device,
         )?));
     }
-    Ok(match &exp.model {
+    let mut learner = match &exp.model {
         ModelSpec::Conv4(c) => boxed!(
             4,
             warm_started::<B, _>(c.init(seed, &device)?, init, &device)?
@@ -306,6 +307,35 @@ fn learner_from<B: Backend>(exp: &Experiment, init: Option<&Path>) -> Result<Box
             2,
             warm_started::<B, _>(c.init(seed, &device)?, init, &device)?
         ),
+    };
+    if let Some(dir) = init {
+        continue_learned(learner.as_mut(), dir)?;
+    }
+    Ok(learner)
+}
+
+/// A warm start from a run of the same learner continues everything that learner learned
+/// besides the model (MAML++'s learned inner rates and per-step batch-norm parameters,
+/// Meta-SGD's rates, Reptile's carried inner Adam), with fresh optimisers and the iteration
+/// counter at 0, so every schedule (ε's annealing, MAML++'s first-order phase and cosine outer
+/// rate) starts over. From another learner only the model carries over (loaded before the
+/// learner was built). Learned parts that do not fit this learner's configuration (another
+/// number of inner steps) are refused, naming the part.
+fn continue_learned(learner: &mut dyn AnyLearner, dir: &Path) -> Result<()> {
+    let state = metalearn_train::read_state(&RunDir::new(dir).best_model())?;
+    if state.learner != learner.learner_name() {
+        return Ok(());
+    }
+    let state = LearnerState {
+        iterations: 0,
+        ..state.without_optimizer()
+    };
+    learner.load_state(&state).map_err(|e| {
+        Error::Usage(format!(
+            "init = {}: the {} state there does not fit this experiment's learner: {e}",
+            dir.display(),
+            state.learner
+        ))
     })
 }
 

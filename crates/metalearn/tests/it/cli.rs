@@ -356,6 +356,92 @@ fn a_warm_start_begins_from_another_runs_best_model() {
     assert!(e.contains("has no best model"), "{e}");
 }
 
+/// `init` naming a run of the same learner continues what it learned besides the model:
+/// MAML++'s learned inner rates and per-step batch-norm parameters, Reptile's carried inner
+/// Adam; the iteration counter (and with it every schedule) starts at 0.
+#[test]
+fn a_warm_start_from_the_same_learner_continues_its_learned_parts() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/omniglot");
+    let warm_from = |name: &str, edits: &[(&str, &str, Value)]| {
+        let dir = models.join(name);
+        let body = set(
+            &std::fs::read_to_string(dir.join("experiment.toml")).unwrap(),
+            edits,
+        );
+        let text = format!("init = {:?}\n{body}", dir.display().to_string());
+        let exp = Experiment::parse(&text, "warm.toml").unwrap();
+        exp.check_init().unwrap();
+        let shipped = metalearn::experiment::load_run_dir(&dir).unwrap();
+        let mut best = learner::<NdArrayCpu>(&shipped).unwrap();
+        load_best(&RunDir::new(&dir), best.as_mut()).unwrap();
+        (exp, best)
+    };
+
+    let (pp, best) = warm_from("maml_pp-20way-1shot", &[]);
+    let warm = training_learner::<NdArrayCpu>(&pp).unwrap();
+    assert_eq!(
+        warm.parameters(),
+        best.parameters(),
+        "model, learned rates and per-step batch-norm parameters are the shipped ones"
+    );
+    assert_eq!(warm.iterations(), 0, "the schedules start over");
+    // Fresh optimisers: the same as a cold learner's.
+    let (ws, cold) = (
+        warm.state().unwrap(),
+        learner::<NdArrayCpu>(&pp).unwrap().state().unwrap(),
+    );
+    for k in ws.parts.keys().filter(|k| k.starts_with("optim")) {
+        assert!(ws.parts[k] == cold.parts[k], "{k} starts fresh");
+    }
+    // Not vacuous: the model alone (what a warm start from another learner carries) gives
+    // the initial rates and copies, not the learned ones.
+    let (ModelSpec::Conv4(c), LearnerSpec::MamlPlusPlus(l)) = (&pp.model, &pp.learner) else {
+        panic!("a MAML++ experiment on Conv4")
+    };
+    let device = Default::default();
+    let dir = models.join("maml_pp-20way-1shot");
+    let model_only = metalearn::core::checkpoint::load_module_bytes::<Autodiff<NdArrayCpu>, _>(
+        c.init(0, &device).unwrap(),
+        read_state(&RunDir::new(&dir).best_model())
+            .unwrap()
+            .part("model")
+            .unwrap(),
+        &device,
+    )
+    .unwrap();
+    let model_only = DynLearner::<_, 4>::boxed(
+        MamlPlusPlus::<NdArrayCpu, _, 4>::new(l.clone(), model_only, device).unwrap(),
+    );
+    assert_ne!(model_only.parameters(), warm.parameters());
+
+    // Learned parts that do not fit (rates for 5 steps, 3 asked for): refused, naming both.
+    let (fewer, _) = warm_from(
+        "maml_pp-20way-1shot",
+        &[("learner", "inner_steps", Value::Integer(3))],
+    );
+    let e = training_learner::<NdArrayCpu>(&fewer)
+        .err()
+        .expect("rates for 5 steps do not fit 3")
+        .to_string();
+    assert!(
+        e.contains("maml_pp-20way-1shot") && e.contains("does not fit"),
+        "{e}"
+    );
+
+    // Reptile continues its carried inner Adam (test-time adaptation starts from it too).
+    let (reptile, best) = warm_from("reptile-20way-1shot", &[]);
+    let warm = training_learner::<NdArrayCpu>(&reptile).unwrap();
+    assert_eq!(warm.parameters(), best.parameters());
+    assert_eq!(warm.iterations(), 0);
+    let adam = |l: &dyn metalearn::core::AnyLearner| l.state().unwrap().parts["inner_adam"].clone();
+    assert_eq!(adam(warm.as_ref()), adam(best.as_ref()));
+    assert_ne!(
+        adam(warm.as_ref()),
+        adam(learner::<NdArrayCpu>(&reptile).unwrap().as_ref()),
+        "not a fresh Adam"
+    );
+}
+
 #[test]
 fn a_warm_started_run_resumes_after_its_warm_start_moved() {
     let text = std::fs::read_to_string(experiments().join("sinusoid/maml.toml")).unwrap();
