@@ -49,6 +49,13 @@ fn set(text: &str, edits: &[(&str, &str, Value)]) -> String {
     toml::to_string(&t).unwrap()
 }
 
+/// `text` with the top-level `init` (a warm start) set to `dir`, replacing any it has.
+fn with_init(text: &str, dir: &Path) -> String {
+    let mut t: Table = toml::from_str(text).unwrap();
+    t.insert("init".into(), Value::String(dir.display().to_string()));
+    toml::to_string(&t).unwrap()
+}
+
 #[test]
 fn every_experiment_file_parses_round_trips_and_runs() {
     let files = files();
@@ -292,10 +299,9 @@ fn a_warm_start_begins_from_another_runs_best_model() {
     // model, whose record keeps γ = 1: the learner is built around the warm start, so the
     // per-step copies start at its batch-norm values, not at the seeded ones.
     let models = from.parent().unwrap();
-    let pp_text = format!(
-        "init = {:?}\n{}",
-        from.display().to_string(),
-        std::fs::read_to_string(models.join("maml_pp-20way-1shot/experiment.toml")).unwrap()
+    let pp_text = with_init(
+        &std::fs::read_to_string(models.join("maml_pp-20way-1shot/experiment.toml")).unwrap(),
+        &from,
     );
     let pp = Experiment::parse(&pp_text, "pp.toml").unwrap();
     pp.check_init().unwrap();
@@ -368,7 +374,7 @@ fn a_warm_start_from_the_same_learner_continues_its_learned_parts() {
             &std::fs::read_to_string(dir.join("experiment.toml")).unwrap(),
             edits,
         );
-        let text = format!("init = {:?}\n{body}", dir.display().to_string());
+        let text = with_init(&body, &dir);
         let exp = Experiment::parse(&text, "warm.toml").unwrap();
         exp.check_init().unwrap();
         let shipped = metalearn::experiment::load_run_dir(&dir).unwrap();
