@@ -320,7 +320,7 @@ fn learner_from<B: Backend>(exp: &Experiment, init: Option<&Path>) -> Result<Box
 /// counter at 0, so every schedule (ε's annealing, MAML++'s first-order phase and cosine outer
 /// rate) starts over. From another learner only the model carries over (loaded before the
 /// learner was built). Learned parts that do not fit this learner's configuration (another
-/// number of inner steps) are refused, naming the part.
+/// number of inner steps) are refused, naming the warm start.
 fn continue_learned(learner: &mut dyn AnyLearner, dir: &Path) -> Result<()> {
     let state = metalearn_train::read_state(&RunDir::new(dir).best_model())?;
     if state.learner != learner.learner_name() {

@@ -420,7 +420,8 @@ fn a_warm_start_from_the_same_learner_continues_its_learned_parts() {
     );
     assert_ne!(model_only.parameters(), warm.parameters());
 
-    // Learned parts that do not fit (rates for 5 steps, 3 asked for): refused, naming both.
+    // Learned parts that do not fit (rates for 5 steps, 3 asked for): refused, naming the
+    // warm start.
     let (fewer, _) = warm_from(
         "maml_pp-20way-1shot",
         &[("learner", "inner_steps", Value::Integer(3))],
