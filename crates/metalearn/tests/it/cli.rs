@@ -309,19 +309,7 @@ fn a_warm_start_begins_from_another_runs_best_model() {
         panic!("a MAML++ experiment on Conv4")
     };
     assert!(c.bn_scale && !l.per_step_groups.is_empty());
-    let device = Default::default();
-    let start = metalearn::core::checkpoint::load_module_bytes::<Autodiff<NdArrayCpu>, _>(
-        c.init(0, &device).unwrap(),
-        read_state(&RunDir::new(&from).best_model())
-            .unwrap()
-            .part("model")
-            .unwrap(),
-        &device,
-    )
-    .unwrap();
-    let expected = DynLearner::<_, 4>::boxed(
-        MamlPlusPlus::<NdArrayCpu, _, 4>::new(l.clone(), start, device).unwrap(),
-    );
+    let expected = maml_pp_around_model_of(&pp, &from);
     assert_eq!(
         training_learner::<NdArrayCpu>(&pp).unwrap().parameters(),
         expected.parameters()
@@ -360,6 +348,27 @@ fn a_warm_start_begins_from_another_runs_best_model() {
     );
     let e = refused_before_writing(&exp, "warm-start-missing");
     assert!(e.contains("has no best model"), "{e}");
+}
+
+/// The MAML++ learner of `pp` built around the model alone (state part `model`) of the best
+/// model in run directory `dir`: what a warm start from another learner gives.
+fn maml_pp_around_model_of(pp: &Experiment, dir: &Path) -> Box<dyn metalearn::core::AnyLearner> {
+    let (ModelSpec::Conv4(c), LearnerSpec::MamlPlusPlus(l)) = (&pp.model, &pp.learner) else {
+        panic!("a MAML++ experiment on Conv4")
+    };
+    let device = Default::default();
+    let model = metalearn::core::checkpoint::load_module_bytes::<Autodiff<NdArrayCpu>, _>(
+        c.init(0, &device).unwrap(),
+        read_state(&RunDir::new(dir).best_model())
+            .unwrap()
+            .part("model")
+            .unwrap(),
+        &device,
+    )
+    .unwrap();
+    DynLearner::<_, 4>::boxed(
+        MamlPlusPlus::<NdArrayCpu, _, 4>::new(l.clone(), model, device).unwrap(),
+    )
 }
 
 /// `init` naming a run of the same learner continues what it learned besides the model:
@@ -401,23 +410,7 @@ fn a_warm_start_from_the_same_learner_continues_its_learned_parts() {
     }
     // Not vacuous: the model alone (what a warm start from another learner carries) gives
     // the initial rates and copies, not the learned ones.
-    let (ModelSpec::Conv4(c), LearnerSpec::MamlPlusPlus(l)) = (&pp.model, &pp.learner) else {
-        panic!("a MAML++ experiment on Conv4")
-    };
-    let device = Default::default();
-    let dir = models.join("maml_pp-20way-1shot");
-    let model_only = metalearn::core::checkpoint::load_module_bytes::<Autodiff<NdArrayCpu>, _>(
-        c.init(0, &device).unwrap(),
-        read_state(&RunDir::new(&dir).best_model())
-            .unwrap()
-            .part("model")
-            .unwrap(),
-        &device,
-    )
-    .unwrap();
-    let model_only = DynLearner::<_, 4>::boxed(
-        MamlPlusPlus::<NdArrayCpu, _, 4>::new(l.clone(), model_only, device).unwrap(),
-    );
+    let model_only = maml_pp_around_model_of(&pp, &models.join("maml_pp-20way-1shot"));
     assert_ne!(model_only.parameters(), warm.parameters());
 
     // Learned parts that do not fit (rates for 5 steps, 3 asked for): refused, naming the
