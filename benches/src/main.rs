@@ -109,6 +109,19 @@ pub struct Args {
     pub download: bool,
 }
 
+impl Args {
+    /// The budget's name: `quick`, `default` or `full`.
+    pub fn budget(&self) -> &'static str {
+        if self.quick {
+            "quick"
+        } else if self.full {
+            "full"
+        } else {
+            "default"
+        }
+    }
+}
+
 fn main() -> Result<()> {
     metalearn_train::allocator::keep_freed_memory_mapped();
     let args = Args::parse();
@@ -134,13 +147,7 @@ fn main() -> Result<()> {
         )?;
         eprintln!("Omniglot zips in {}", dir.display());
     }
-    let budget = if args.quick {
-        "quick"
-    } else if args.full {
-        "full"
-    } else {
-        "default"
-    };
+    let budget = args.budget();
     let start_all = std::time::Instant::now();
     let mut ran = 0;
     for suite in suites {

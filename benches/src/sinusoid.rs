@@ -40,7 +40,8 @@ struct LearnerResult {
 struct Results {
     suite: &'static str,
     backend: String,
-    quick: bool,
+    /// `quick`, `default` or `full`.
+    budget: &'static str,
     seed: u64,
     meta_batch_size: usize,
     k_train: usize,
@@ -54,9 +55,14 @@ struct Results {
 /// Run the suite on backend `B`, write the report files into `dir`, return the markdown.
 pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     let device = B::Device::default();
-    let iterations = args
-        .iterations
-        .unwrap_or(if args.quick { 1000 } else { 10_000 });
+    // --full: Finn et al.'s 70,000 meta-iterations.
+    let iterations = args.iterations.unwrap_or(if args.quick {
+        1000
+    } else if args.full {
+        70_000
+    } else {
+        10_000
+    });
     let test_tasks = if args.quick {
         args.test_tasks.min(100)
     } else {
@@ -159,7 +165,7 @@ pub fn run<B: Backend>(args: &Args, dir: &Path) -> Result<String> {
     let results = Results {
         suite: "sinusoid",
         backend: B::name(&device),
-        quick: args.quick,
+        budget: args.budget(),
         seed: args.seed,
         meta_batch_size: 25,
         k_train: 10,
@@ -237,7 +243,11 @@ fn report(r: &Results) -> String {
          meta-test on {} fresh tasks ({} query points each), seed {}. ± is the 95% CI.\n",
         r.backend,
         r.learners.first().map_or(0, |l| l.iterations),
-        if r.quick { " (quick run)" } else { "" },
+        match r.budget {
+            "quick" => " (quick run)",
+            "full" => " (the paper's budget)",
+            _ => "",
+        },
         r.meta_batch_size,
         r.k_train,
         r.inner_lr,

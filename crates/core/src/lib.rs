@@ -31,6 +31,7 @@ pub mod error;
 pub mod learner;
 pub mod loss;
 pub mod model;
+pub mod norm;
 pub mod parallel;
 pub mod params;
 pub mod seed;
