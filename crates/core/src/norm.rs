@@ -15,8 +15,8 @@
 //! ∂β = Σ g        ∂γ = s · Σ g·x_c        ∂x = γs · (g − ∂β/M − x_c · s² · Σ g·x_c / M)
 //! ```
 //!
-//! (`γ = 1` without a scale): five full-size passes. The
-//! backward pass is written in tensor operations of `I`, so when `I` is itself an autodiff
+//! (`γ = 1` without a scale): five element-wise passes and two row reductions. The backward
+//! pass is written in tensor operations of `I`, so when `I` is itself an autodiff
 //! backend (second order: `Autodiff<Autodiff<B>>`) those operations are recorded and
 //! differentiated again: the meta-gradient stays exact (the f64 finite-difference checks of the
 //! Conv4 meta-gradient run through this step).
@@ -27,6 +27,12 @@
 //! formula as tensor operations ([`batch_norm_rows_composed`]); the forward values are
 //! bit-identical either way.
 
+// Built without any backend feature, no type takes the registered step.
+#![cfg_attr(
+    not(any(feature = "flex", feature = "ndarray", feature = "wgpu")),
+    allow(dead_code, unused_macros)
+)]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -34,7 +40,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
-use std::any::{Any, TypeId};
+use std::any::Any;
 
 /// `γ · (x − μ) / √(σ² + ε) + β` over the last dimension of `x: [T, C, M]`, with per-row batch
 /// mean `μ` and biased variance `σ²`; `gamma: [T, C]` (`None`: no scale, as `γ = 1`),
@@ -49,7 +55,7 @@ pub fn batch_norm_rows<B: Backend>(
     macro_rules! on {
         ($($inner:ty),* $(,)?) => {
             $(
-                if TypeId::of::<B>() == TypeId::of::<Autodiff<$inner>>() {
+                if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Autodiff<$inner>>() {
                     return fused::<B, $inner>(x, gamma, beta, eps);
                 }
             )*
