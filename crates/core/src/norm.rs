@@ -39,6 +39,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use std::any::Any;
 
@@ -144,10 +145,9 @@ struct Saved<I: Backend> {
     gamma: Option<Tensor<I, 3>>,
 }
 
+/// Batch norm's autodiff step: its parents are `[x, γ, β]` (`N = 3`) or `[x, β]` (`N = 2`).
 #[derive(Debug)]
-struct ScaleShift;
-#[derive(Debug)]
-struct ShiftOnly;
+struct BatchNormStep;
 
 fn inner<I: Backend, const D: usize>(t: &Tensor<Autodiff<I>, D>) -> Tensor<I, D> {
     t.clone().inner()
@@ -178,27 +178,28 @@ fn registered<I: Backend>(
         inv_std,
         gamma: gamma_i,
     };
-    let node = |t: &Tensor<Autodiff<I>, 2>| t.clone().into_primitive().tensor().node;
-    let x_node = x.into_primitive().tensor().node;
+    let (x, beta) = (x.into_primitive().tensor(), beta.into_primitive().tensor());
     let out = match gamma {
-        Some(g) => match ScaleShift
-            .prepare::<NoCheckpointing>([x_node, node(&g), node(&beta)])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(saved, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-        None => match ShiftOnly
-            .prepare::<NoCheckpointing>([x_node, node(&beta)])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(saved, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
+        Some(g) => record([x, g.into_primitive().tensor(), beta], saved, y),
+        None => record([x, beta], saved, y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Register the step with `parents` (see [`BatchNormStep`]) and output `y`.
+fn record<I: Backend, const N: usize>(
+    parents: [FloatTensor<Autodiff<I>>; N],
+    saved: Saved<I>,
+    y: I::FloatTensorPrimitive,
+) -> FloatTensor<Autodiff<I>> {
+    match BatchNormStep
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(saved, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
 }
 
 /// The closed-form gradients `(∂x, ∂γ, ∂β)` (`∂γ`, `∂β` as `[T, C, 1]`) for output gradient `g`.
@@ -237,11 +238,14 @@ fn register_rows<I: Backend>(
     }
 }
 
-impl<I: Backend> Backward<I, 3> for ScaleShift {
+impl<I: Backend, const N: usize> Backward<I, N> for BatchNormStep {
     type State = Saved<I>;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let mut parents = ops.parents.into_iter();
+        let node_x = parents.next().flatten();
+        let node_beta = parents.next_back().flatten();
+        let node_gamma = parents.next().flatten(); // none left when N = 2
         let g =
             Tensor::<I, 3>::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
         let (d_x, d_gamma, d_beta) = gradients(g, ops.state, node_x.is_some());
@@ -249,21 +253,6 @@ impl<I: Backend> Backward<I, 3> for ScaleShift {
             grads.register::<I>(node.id, float(d_x));
         }
         register_rows(grads, node_gamma.map(|n| n.id), d_gamma);
-        register_rows(grads, node_beta.map(|n| n.id), d_beta);
-    }
-}
-
-impl<I: Backend> Backward<I, 2> for ShiftOnly {
-    type State = Saved<I>;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_beta] = ops.parents;
-        let g =
-            Tensor::<I, 3>::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
-        let (d_x, _, d_beta) = gradients(g, ops.state, node_x.is_some());
-        if let (Some(node), Some(d_x)) = (node_x, d_x) {
-            grads.register::<I>(node.id, float(d_x));
-        }
         register_rows(grads, node_beta.map(|n| n.id), d_beta);
     }
 }
